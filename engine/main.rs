@@ -1,0 +1,5 @@
+//! `ferrited`: the Ferrite node daemon.
+
+fn main() {
+    println!("ferrited: nothing yet");
+}
