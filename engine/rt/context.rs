@@ -37,6 +37,28 @@ std::arch::global_asm!(
     "    ret",
     ".size ferrite_rt_switch, .-ferrite_rt_switch",
     "",
+    ".global ferrite_rt_finish_switch",
+    ".type ferrite_rt_finish_switch,@function",
+    ".p2align 4",
+    "ferrite_rt_finish_switch:",
+    // rdi: the stack pointer to load; rsi: a function to call on that stack
+    // before resuming it; rdx: its argument. Nothing is saved: the calling
+    // context is finished.
+    "    mov rsp, rdi",
+    "    mov rdi, rdx",
+    // A saved context's sp is 8 mod 16; calls need 0 mod 16.
+    "    sub rsp, 8",
+    "    call rsi",
+    "    add rsp, 8",
+    "    pop r15",
+    "    pop r14",
+    "    pop r13",
+    "    pop r12",
+    "    pop rbx",
+    "    pop rbp",
+    "    ret",
+    ".size ferrite_rt_finish_switch, .-ferrite_rt_finish_switch",
+    "",
     ".global ferrite_rt_trampoline",
     ".type ferrite_rt_trampoline,@function",
     ".p2align 4",
@@ -88,6 +110,29 @@ std::arch::global_asm!(
     "    ret",
     ".size ferrite_rt_switch, .-ferrite_rt_switch",
     "",
+    ".global ferrite_rt_finish_switch",
+    ".type ferrite_rt_finish_switch,%function",
+    ".p2align 4",
+    "ferrite_rt_finish_switch:",
+    // x0: the stack pointer to load; x1: a function to call on that stack
+    // before resuming it; x2: its argument.
+    "    mov sp, x0",
+    "    mov x0, x2",
+    "    blr x1",
+    "    ldp x19, x20, [sp, #0]",
+    "    ldp x21, x22, [sp, #16]",
+    "    ldp x23, x24, [sp, #32]",
+    "    ldp x25, x26, [sp, #48]",
+    "    ldp x27, x28, [sp, #64]",
+    "    ldp x29, x30, [sp, #80]",
+    "    ldp d8, d9, [sp, #96]",
+    "    ldp d10, d11, [sp, #112]",
+    "    ldp d12, d13, [sp, #128]",
+    "    ldp d14, d15, [sp, #144]",
+    "    add sp, sp, #160",
+    "    ret",
+    ".size ferrite_rt_finish_switch, .-ferrite_rt_finish_switch",
+    "",
     ".global ferrite_rt_trampoline",
     ".type ferrite_rt_trampoline,%function",
     ".p2align 4",
@@ -107,6 +152,11 @@ compile_error!("Ferrite's coroutines have a context switch for x86_64 and aarch6
 
 extern "C" {
     fn ferrite_rt_switch(save_sp: *mut *mut u8, load_sp: *mut u8);
+    fn ferrite_rt_finish_switch(
+        load_sp: *mut u8,
+        then: extern "C" fn(*const u8),
+        arg: *const u8,
+    ) -> !;
     fn ferrite_rt_trampoline();
 }
 
@@ -127,6 +177,26 @@ pub(crate) unsafe fn switch(save_sp: *mut *mut u8, load_sp: *mut u8) {
     // SAFETY: forwarded from the caller's contract; the assembly preserves
     // every callee-saved register of the context that gets resumed here.
     unsafe { ferrite_rt_switch(save_sp, load_sp) }
+}
+
+/// Leaves the running context for good: loads `load_sp`, calls
+/// `then(arg)` on that stack (below its saved registers), then resumes it.
+/// Used by a finishing coroutine, so that `then` can recycle the stack it
+/// has just left.
+///
+/// # Safety
+/// As for [`switch`]'s `load_sp`; in addition the running context must never
+/// be resumed, and `then` must not unwind.
+#[inline(always)]
+pub(crate) unsafe fn finish_switch(
+    load_sp: *mut u8,
+    then: extern "C" fn(*const u8),
+    arg: *const u8,
+) -> ! {
+    // SAFETY: forwarded from the caller's contract. The area below a saved
+    // sp is free: the suspended code made a call (to the switch), so it has
+    // nothing live in a red zone there.
+    unsafe { ferrite_rt_finish_switch(load_sp, then, arg) }
 }
 
 /// Lays out a first frame at the top of a fresh stack so that switching to

@@ -32,7 +32,7 @@ use super::context;
 use super::reactor::{self, Local, Ready};
 use super::stack::Stack;
 use std::any::Any;
-use std::cell::UnsafeCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -41,6 +41,7 @@ use std::mem;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -137,11 +138,21 @@ impl CoHeader {
         let mut s = self.state.load(Ordering::Acquire);
         loop {
             match s {
-                RUNNING => match self.state.compare_exchange_weak(RUNNING, NOTIFIED, Ordering::AcqRel, Ordering::Acquire) {
+                RUNNING => match self.state.compare_exchange_weak(
+                    RUNNING,
+                    NOTIFIED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
                     Ok(_) => return,
                     Err(cur) => s = cur,
                 },
-                PARKED => match self.state.compare_exchange_weak(PARKED, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
+                PARKED => match self.state.compare_exchange_weak(
+                    PARKED,
+                    RUNNING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
                     Ok(_) => {
                         reactor::schedule_coro(self);
                         return;
@@ -214,72 +225,259 @@ impl fmt::Display for JoinError {
 impl std::error::Error for JoinError {}
 
 /// Where a finished coroutine leaves its result for whoever joins it.
+///
+/// One atomic word orders everything: the joiner stores its waker only while
+/// the state is EMPTY (or after taking it back from WAITING), and the
+/// finishing coroutine takes the waker only after swapping in DONE.
 pub(crate) struct JoinSlot<T> {
-    done: AtomicBool,
+    state: AtomicU8,
     value: UnsafeCell<Option<std::thread::Result<T>>>,
-    waker: super::sync::AtomicWaker,
+    waker: UnsafeCell<Option<Waker>>,
 }
 
-// SAFETY: `value` is written once by the finishing coroutine before `done` is
-// released and read by the joiner only after acquiring `done`.
+const SLOT_EMPTY: u8 = 0;
+const SLOT_WAITING: u8 = 1;
+const SLOT_DONE: u8 = 2;
+
+// SAFETY: `value` is written once before DONE is released and read only after
+// DONE is acquired; `waker` is owned by the joiner in EMPTY and by the
+// finisher once it swapped in DONE over WAITING (see `complete`/`poll_take`).
 unsafe impl<T: Send> Sync for JoinSlot<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Send for JoinSlot<T> {}
 
 impl<T> JoinSlot<T> {
     fn new() -> Self {
-        Self { done: AtomicBool::new(false), value: UnsafeCell::new(None), waker: super::sync::AtomicWaker::new() }
+        Self {
+            state: AtomicU8::new(SLOT_EMPTY),
+            value: UnsafeCell::new(None),
+            waker: UnsafeCell::new(None),
+        }
     }
 
     fn complete(&self, v: std::thread::Result<T>) {
-        // SAFETY: only the coroutine itself writes, once, before `done`.
+        // SAFETY: only the coroutine itself writes `value`, once, before DONE.
         unsafe { *self.value.get() = Some(v) };
-        self.done.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<T, JoinError>> {
-        if !self.done.load(Ordering::Acquire) {
-            self.waker.register(cx.waker());
-            if !self.done.load(Ordering::Acquire) {
-                return Poll::Pending;
+        if self.state.swap(SLOT_DONE, Ordering::AcqRel) == SLOT_WAITING {
+            // SAFETY: the joiner stored its waker before publishing WAITING
+            // and does not touch it again once the state is DONE.
+            if let Some(w) = unsafe { (*self.waker.get()).take() } {
+                w.wake();
             }
         }
-        // SAFETY: `done` was acquired, so the write happened-before; the
-        // JoinHandle is consumed on success, so this runs at most once.
-        let v = unsafe { (*self.value.get()).take() };
-        match v {
-            Some(Ok(v)) => Poll::Ready(Ok(v)),
-            Some(Err(payload)) => Poll::Ready(Err(JoinError { payload })),
+    }
+
+    fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) == SLOT_DONE
+    }
+
+    fn take(&self) -> Result<T, JoinError> {
+        // SAFETY: DONE was acquired, so the write to `value` happened-before;
+        // the handle is consumed (or polled to completion) only once.
+        match unsafe { (*self.value.get()).take() } {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(payload)) => Err(JoinError { payload }),
+            None => panic!("coroutine result taken twice"),
+        }
+    }
+
+    /// Registers `w` (moved in, no clone) unless the result is there.
+    fn poll_with(&self, w: impl FnOnce() -> Waker) -> Poll<Result<T, JoinError>> {
+        match self.state.load(Ordering::Acquire) {
+            SLOT_DONE => return Poll::Ready(self.take()),
+            // Take the slot back to replace the waker.
+            SLOT_WAITING => {
+                if self
+                    .state
+                    .compare_exchange(
+                        SLOT_WAITING,
+                        SLOT_EMPTY,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_err()
+                {
+                    return Poll::Ready(self.take());
+                }
+            }
+            _ => {}
+        }
+        // SAFETY: state is EMPTY: only the joiner (us) touches `waker`.
+        unsafe { *self.waker.get() = Some(w()) };
+        match self.state.compare_exchange(
+            SLOT_EMPTY,
+            SLOT_WAITING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Poll::Pending,
+            Err(_) => Poll::Ready(self.take()),
+        }
+    }
+}
+
+/// A handle to the result of a coroutine spawned on the caller's reactor
+/// ([`spawn`]). Dropping it detaches the coroutine. It is also a `Future`,
+/// so an async task on the same reactor can await a coroutine.
+///
+/// It is `!Send`: the coroutine finishes on its home reactor, which is the
+/// joiner's, so handing over the result needs no atomic operation.
+pub struct JoinHandle<T> {
+    slot: Rc<LocalSlot<T>>,
+}
+
+/// Where a coroutine spawned with [`spawn`] leaves its result.
+pub(crate) struct LocalSlot<T> {
+    value: RefCell<Option<std::thread::Result<T>>>,
+    joiner: RefCell<Joiner>,
+}
+
+enum Joiner {
+    None,
+    /// A parked coroutine of this reactor; valid while the handle lives
+    /// (the handle clears it when dropped).
+    Coro(*const CoHeader),
+    Waker(Waker),
+}
+
+impl<T> LocalSlot<T> {
+    fn new() -> Self {
+        Self {
+            value: RefCell::new(None),
+            joiner: RefCell::new(Joiner::None),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.value.borrow().is_some()
+    }
+
+    fn take(&self) -> Result<T, JoinError> {
+        match self.value.borrow_mut().take() {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(payload)) => Err(JoinError { payload }),
             None => panic!("coroutine result taken twice"),
         }
     }
 }
 
-/// A handle to a spawned coroutine's result. Dropping it detaches the
-/// coroutine. It is also a `Future`, so async code can await a coroutine.
-pub struct JoinHandle<T> {
-    slot: Arc<JoinSlot<T>>,
-}
-
 impl<T> JoinHandle<T> {
-    /// Waits for the coroutine to finish: parks the calling coroutine, or
-    /// blocks the calling thread when called from outside the runtime.
+    /// Waits for the coroutine to finish, parking the calling coroutine.
     /// A panic in the coroutine comes back as `Err`.
     pub fn join(self) -> Result<T, JoinError> {
-        super::future::block_on(self)
+        if self.slot.is_done() {
+            return self.slot.take();
+        }
+        let Some(host) = reactor::current_host() else {
+            unreachable!("a JoinHandle is !Send and lives on its reactor");
+        };
+        let me = host.current.get();
+        if me.is_null() {
+            // On the scheduler context (a poller): cannot park.
+            return super::future::block_on(self);
+        }
+        *self.slot.joiner.borrow_mut() = Joiner::Coro(me);
+        while !self.slot.is_done() {
+            // The handle is !Send, so this coroutine joins on its home
+            // reactor and resumes there: `host` stays this thread's.
+            park_on(host, me);
+        }
+        *self.slot.joiner.borrow_mut() = Joiner::None;
+        self.slot.take()
     }
 
     /// Whether the coroutine has finished.
     pub fn is_finished(&self) -> bool {
-        self.slot.done.load(Ordering::Acquire)
+        self.slot.is_done()
+    }
+}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        // A cancelled joiner unwinds out of `join`: forget its pointer.
+        *self.slot.joiner.borrow_mut() = Joiner::None;
     }
 }
 
 impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.slot.poll_take(cx)
+        if self.slot.is_done() {
+            return Poll::Ready(self.slot.take());
+        }
+        *self.slot.joiner.borrow_mut() = Joiner::Waker(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// How a finished coroutine hands over its result.
+pub(crate) trait ResultSink<T>: 'static {
+    fn complete(self, r: std::thread::Result<T>);
+}
+
+impl<T: 'static> ResultSink<T> for Rc<LocalSlot<T>> {
+    fn complete(self, r: std::thread::Result<T>) {
+        *self.value.borrow_mut() = Some(r);
+        let joiner = std::mem::replace(&mut *self.joiner.borrow_mut(), Joiner::None);
+        match joiner {
+            Joiner::None => {}
+            // SAFETY: the handle clears this pointer before it is dropped,
+            // and the joiner coroutine lives while it waits in `join`.
+            Joiner::Coro(p) => unsafe { (*p).wake() },
+            Joiner::Waker(w) => w.wake(),
+        }
+    }
+}
+
+impl<T: 'static> ResultSink<T> for Arc<JoinSlot<T>> {
+    fn complete(self, r: std::thread::Result<T>) {
+        JoinSlot::complete(&self, r)
+    }
+}
+
+/// A `Send` handle to the result of a coroutine spawned on a reactor from
+/// anywhere ([`super::Handle::spawn_on`]). Dropping it detaches the
+/// coroutine. It is also a `Future`.
+pub struct RemoteJoinHandle<T> {
+    slot: Arc<JoinSlot<T>>,
+}
+
+impl<T> RemoteJoinHandle<T> {
+    /// Waits for the coroutine to finish: parks the calling coroutine, or
+    /// blocks the calling thread when called from outside the runtime.
+    /// A panic in the coroutine comes back as `Err`.
+    pub fn join(self) -> Result<T, JoinError> {
+        if self.slot.is_done() {
+            return self.slot.take();
+        }
+        if in_coroutine() {
+            // The common case, kept lean: one waker, moved into the slot.
+            if let Poll::Ready(r) = self.slot.poll_with(current_waker) {
+                return r;
+            }
+            loop {
+                park();
+                if self.slot.is_done() {
+                    return self.slot.take();
+                }
+            }
+        }
+        super::future::block_on(self)
+    }
+
+    /// Whether the coroutine has finished.
+    pub fn is_finished(&self) -> bool {
+        self.slot.is_done()
+    }
+}
+
+impl<T> Future for RemoteJoinHandle<T> {
+    type Output = Result<T, JoinError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.slot.is_done() {
+            return Poll::Ready(self.slot.take());
+        }
+        self.slot.poll_with(|| cx.waker().clone())
     }
 }
 
@@ -321,9 +519,20 @@ impl Builder {
         T: 'static,
     {
         let local = reactor::current_local().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::Unsupported, "rt::spawn called outside a reactor thread")
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "rt::spawn called outside a reactor thread",
+            )
         })?;
-        spawn_on_local(local, self.name.unwrap_or(Name::Static("coroutine")), self.stack_size, f)
+        let slot = Rc::new(LocalSlot::new());
+        spawn_on_local(
+            local,
+            self.name.unwrap_or(Name::Static("coroutine")),
+            self.stack_size,
+            f,
+            slot.clone(),
+        )?;
+        Ok(JoinHandle { slot })
     }
 }
 
@@ -342,39 +551,64 @@ where
     }
 }
 
-/// What a new coroutine finds at the top of its stack.
-struct Payload<F, T> {
-    f: F,
-    slot: Arc<JoinSlot<T>>,
+/// Spawns on the current reactor with a `Send` handle (for
+/// [`super::Handle::spawn_on`]).
+pub(crate) fn spawn_remote_on_local<F, T>(local: &Local, f: F) -> io::Result<RemoteJoinHandle<T>>
+where
+    F: FnOnce() -> T + 'static,
+    T: Send + 'static,
+{
+    let slot = Arc::new(JoinSlot::new());
+    spawn_on_local(local, Name::Static("coroutine"), None, f, slot.clone())?;
+    Ok(RemoteJoinHandle { slot })
 }
 
-pub(crate) fn spawn_on_local<F, T>(local: &Local, name: Name, stack_size: Option<usize>, f: F) -> io::Result<JoinHandle<T>>
+/// What a new coroutine finds at the top of its stack.
+struct Payload<F, S> {
+    f: F,
+    sink: S,
+}
+
+pub(crate) fn spawn_on_local<F, T, S>(
+    local: &Local,
+    name: Name,
+    stack_size: Option<usize>,
+    f: F,
+    sink: S,
+) -> io::Result<()>
 where
     F: FnOnce() -> T + 'static,
     T: 'static,
+    S: ResultSink<T>,
 {
-    let slot = Arc::new(JoinSlot::new());
     let stack = match stack_size {
         Some(n) if n != local.stacks.stack_size() => Stack::new(n)?,
         _ => local.stacks.get()?,
     };
     let top = stack.top() as usize;
-    let size = mem::size_of::<Payload<F, T>>();
-    let align = mem::align_of::<Payload<F, T>>().max(16);
+    let size = mem::size_of::<Payload<F, S>>();
+    let align = mem::align_of::<Payload<F, S>>().max(16);
     let payload_at = (top - size) & !(align - 1);
     // Leave room for the payload, the first frame, and some real work.
     if top - payload_at + 4096 > stack.usable_len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("coroutine closure of {size} bytes does not fit its {} byte stack", stack.usable_len()),
+            format!(
+                "coroutine closure of {size} bytes does not fit its {} byte stack",
+                stack.usable_len()
+            ),
         ));
     }
     let header = local.take_header();
     // SAFETY: the payload slot lies inside the stack's usable memory (checked
-    // above), is aligned for Payload<F, T>, and nothing else uses the stack.
+    // above), is aligned for Payload<F, S>, and nothing else uses the stack.
     let sp = unsafe {
-        ptr::write(payload_at as *mut Payload<F, T>, Payload { f, slot: slot.clone() });
-        context::init_stack(payload_at as *mut u8, entry::<F, T>, payload_at as *mut u8)
+        ptr::write(payload_at as *mut Payload<F, S>, Payload { f, sink });
+        context::init_stack(
+            payload_at as *mut u8,
+            entry::<F, T, S>,
+            payload_at as *mut u8,
+        )
     };
     // SAFETY: the header came from this reactor's pool (or was just made) and
     // no other thread knows it yet.
@@ -387,26 +621,30 @@ where
     l.home = local.id;
     let ptr = local.register(header);
     local.push_ready(Ready::Coro(ptr));
-    Ok(JoinHandle { slot })
+    Ok(())
 }
 
 /// The first function on every coroutine stack.
-extern "C" fn entry<F, T>(arg: *mut u8) -> !
+extern "C" fn entry<F, T, S>(arg: *mut u8) -> !
 where
     F: FnOnce() -> T + 'static,
     T: 'static,
+    S: ResultSink<T>,
 {
     // SAFETY: `arg` points at the Payload written by `spawn_on_local`, read
     // exactly once here.
-    let Payload { f, slot } = unsafe { ptr::read(arg as *mut Payload<F, T>) };
+    let Payload { f, sink } = unsafe { ptr::read(arg as *mut Payload<F, S>) };
+
     let result = panic::catch_unwind(AssertUnwindSafe(f));
     if let Err(e) = &result {
         if !e.is::<Cancelled>() {
-            log::debug!("coroutine '{}' panicked", current_name().unwrap_or_default());
+            log::debug!(
+                "coroutine '{}' panicked",
+                current_name().unwrap_or_default()
+            );
         }
     }
-    slot.complete(result);
-    drop(slot);
+    sink.complete(result);
     finish()
 }
 
@@ -415,15 +653,16 @@ where
 fn finish() -> ! {
     let host = reactor::current_host().expect("a coroutine always runs on a host");
     let me = host.current.get();
-    // SAFETY: `me` is the running coroutine, alive until released below.
+    // SAFETY: `me` is the running coroutine, alive until released.
     unsafe { (*me).state.store(DONE, Ordering::Release) };
-    host.switch_to_main(me, reactor::After::Release(me));
-    unreachable!("a finished coroutine was resumed");
+    host.finish(me)
 }
 
 /// Whether the caller runs inside a coroutine.
 pub fn in_coroutine() -> bool {
-    reactor::current_host().map(|h| !h.current.get().is_null()).unwrap_or(false)
+    reactor::current_host()
+        .map(|h| !h.current.get().is_null())
+        .unwrap_or(false)
 }
 
 /// The running coroutine's name.
@@ -487,9 +726,21 @@ pub fn park() {
     let host = reactor::current_host().expect("park outside the runtime");
     let me = host.current.get();
     assert!(!me.is_null(), "park outside a coroutine");
+    park_on(host, me);
+}
+
+/// [`park`] for a caller that already knows its host and coroutine.
+pub(crate) fn park_on(host: &reactor::Host, me: *const CoHeader) {
     // SAFETY: `me` is the running coroutine.
     let header = unsafe { &*me };
-    if header.state.compare_exchange(NOTIFIED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    // A plain load first: a failed compare-exchange costs as much as a
+    // successful one, and NOTIFIED is the rare case.
+    if header.state.load(Ordering::Acquire) == NOTIFIED
+        && header
+            .state
+            .compare_exchange(NOTIFIED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    {
         check_cancel(header);
         return;
     }
@@ -497,23 +748,26 @@ pub fn park() {
         Some(local) => {
             // Wakers on other threads only *send* to this reactor's queue,
             // which this thread drains after we have switched out, so the
-            // state may change before the switch.
-            if header.state.compare_exchange(RUNNING, PARKED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            // state may change before the switch. A coroutine parked on a
+            // reactor is resumed on that reactor, so `host` stays valid.
+            if header
+                .state
+                .compare_exchange(RUNNING, PARKED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
                 host.switch_away(me, local);
             } else {
                 header.state.store(RUNNING, Ordering::Release);
             }
+            check_cancel(header);
         }
         None => {
             // On the worker pool any worker may resume us once PARKED, so the
             // state changes only after the switch, in the worker's context.
             host.switch_to_main(me, reactor::After::Park(me));
+            check_cancel(header);
         }
     }
-    // Re-read: a migrated coroutine may resume on another thread.
-    let me = reactor::current_host().expect("resumed on a host").current.get();
-    // SAFETY: we are the running coroutine again.
-    check_cancel(unsafe { &*me });
 }
 
 fn check_cancel(header: &CoHeader) {

@@ -18,7 +18,10 @@ impl CoreSet {
     /// Parses a hexadecimal mask such as `0x3` or `3` (bit n = core n).
     pub fn parse_mask(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let hex = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+        let hex = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(t);
         if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(format!("'{s}' is not a hexadecimal core mask like 0x3"));
         }
@@ -42,7 +45,8 @@ impl CoreSet {
         let t = s.trim().trim_start_matches('[').trim_end_matches(']');
         let mut cores = Vec::new();
         for part in t.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let bad = || format!("'{part}' in core list '{s}' is not a core number or range like 0-3");
+            let bad =
+                || format!("'{part}' in core list '{s}' is not a core number or range like 0-3");
             match part.split_once('-') {
                 Some((a, b)) => {
                     let a: usize = a.trim().parse().map_err(|_| bad())?;
@@ -80,7 +84,11 @@ impl CoreSet {
         for &c in &self.0 {
             nibbles[c / 4] |= 1 << (c % 4);
         }
-        let s: String = nibbles.iter().rev().map(|n| char::from_digit(*n as u32, 16).expect("nibble")).collect();
+        let s: String = nibbles
+            .iter()
+            .rev()
+            .map(|n| char::from_digit(*n as u32, 16).expect("nibble"))
+            .collect();
         let digits = s.trim_start_matches('0');
         format!("0x{}", if digits.is_empty() { "0" } else { digits })
     }
@@ -109,10 +117,22 @@ mod tests {
 
     #[test]
     fn masks_and_lists() {
-        assert_eq!(CoreSet::parse_mask("0x3").unwrap(), CoreSet::from_list(vec![0, 1]));
-        assert_eq!(CoreSet::parse_mask("0x11").unwrap(), CoreSet::from_list(vec![0, 4]));
-        assert_eq!(CoreSet::parse_list("0-1,4").unwrap(), CoreSet::from_list(vec![0, 1, 4]));
-        assert_eq!(CoreSet::parse_list("[2]").unwrap(), CoreSet::from_list(vec![2]));
+        assert_eq!(
+            CoreSet::parse_mask("0x3").unwrap(),
+            CoreSet::from_list(vec![0, 1])
+        );
+        assert_eq!(
+            CoreSet::parse_mask("0x11").unwrap(),
+            CoreSet::from_list(vec![0, 4])
+        );
+        assert_eq!(
+            CoreSet::parse_list("0-1,4").unwrap(),
+            CoreSet::from_list(vec![0, 1, 4])
+        );
+        assert_eq!(
+            CoreSet::parse_list("[2]").unwrap(),
+            CoreSet::from_list(vec![2])
+        );
         assert_eq!("0x3".parse::<CoreSet>().unwrap().to_mask(), "0x3");
         assert_eq!(CoreSet::from_list(vec![0, 4]).to_mask(), "0x11");
         assert!(CoreSet::parse_mask("0x0").is_err());

@@ -33,7 +33,10 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     if reactor::current_local().is_some() {
         panic!("block_on on a reactor's scheduler context would stall the reactor; call it from a coroutine");
     }
-    let tw = Arc::new(ThreadWaker { thread: std::thread::current(), notified: AtomicBool::new(false) });
+    let tw = Arc::new(ThreadWaker {
+        thread: std::thread::current(),
+        notified: AtomicBool::new(false),
+    });
     let waker = Waker::from(tw.clone());
     let mut cx = Context::from_waker(&waker);
     loop {
@@ -61,7 +64,9 @@ impl Wake for ThreadWaker {
     }
 }
 
-fn schedule_fn(target: Arc<ReactorShared>) -> impl Fn(async_task::Runnable) + Send + Sync + 'static {
+fn schedule_fn(
+    target: Arc<ReactorShared>,
+) -> impl Fn(async_task::Runnable) + Send + Sync + 'static {
     move |runnable| {
         if let Some(local) = reactor::current_local() {
             if Arc::ptr_eq(&local.shared, &target) {
@@ -89,7 +94,10 @@ where
     task
 }
 
-pub(crate) fn spawn_task_on_shared<F>(target: Arc<ReactorShared>, fut: F) -> async_task::Task<F::Output>
+pub(crate) fn spawn_task_on_shared<F>(
+    target: Arc<ReactorShared>,
+    fut: F,
+) -> async_task::Task<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,

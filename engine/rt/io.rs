@@ -41,7 +41,10 @@ pub(crate) const WRITE_READY: u32 = epoll::WRITABLE | epoll::HANGUP | epoll::ERR
 
 impl IoDriver {
     pub(crate) fn new() -> io::Result<Self> {
-        Ok(Self { epoll: RefCell::new(Epoll::new()?), sources: RefCell::new(slab::Slab::new()) })
+        Ok(Self {
+            epoll: RefCell::new(Epoll::new()?),
+            sources: RefCell::new(slab::Slab::new()),
+        })
     }
 
     pub(crate) fn has_sources(&self) -> bool {

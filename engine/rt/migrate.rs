@@ -70,13 +70,20 @@ impl WorkerPool {
     }
 }
 
-pub(crate) fn start_workers(rt: &Arc<RuntimeShared>, rx: Receiver<Option<SendPtr>>) -> io::Result<Vec<thread::JoinHandle<()>>> {
+pub(crate) fn start_workers(
+    rt: &Arc<RuntimeShared>,
+    rx: Receiver<Option<SendPtr>>,
+) -> io::Result<Vec<thread::JoinHandle<()>>> {
     let mut v = Vec::new();
     for i in 0..rt.workers.count {
         let rx = rx.clone();
         let rt = rt.clone();
         let name = format!("{}-worker-{i}", rt.config.name);
-        v.push(thread::Builder::new().name(name).spawn(move || worker_thread(rt, rx))?);
+        v.push(
+            thread::Builder::new()
+                .name(name)
+                .spawn(move || worker_thread(rt, rx))?,
+        );
     }
     Ok(v)
 }
@@ -92,7 +99,10 @@ fn worker_thread(rt: Arc<RuntimeShared>, rx: Receiver<Option<SendPtr>>) {
                 // SAFETY: the coroutine is off its stack and alive (its home
                 // registry owns it).
                 let h = unsafe { &*co };
-                if h.state.compare_exchange(RUNNING, PARKED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                if h.state
+                    .compare_exchange(RUNNING, PARKED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
                     // Woken while switching out: run it again.
                     h.state.store(RUNNING, Ordering::Release);
                     rt.workers.submit(SendPtr(co));
@@ -104,7 +114,9 @@ fn worker_thread(rt: Arc<RuntimeShared>, rx: Receiver<Option<SendPtr>>) {
                 unsafe { (*co).host.store(target, Ordering::Release) };
                 reactor::route(&rt, co, target);
             }
-            After::Release(_) => unreachable!("a coroutine cannot finish while migrated: run_on moves it home first"),
+            After::Release(_) => {
+                unreachable!("a coroutine cannot finish while migrated: run_on moves it home first")
+            }
         }
     }
     host.uninstall();

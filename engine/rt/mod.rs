@@ -40,7 +40,10 @@ mod stack;
 pub mod sync;
 mod timer;
 
-pub use coro::{current_name, current_waker, in_coroutine, park, spawn, yield_now, Builder, Cancelled, JoinError, JoinHandle};
+pub use coro::{
+    current_name, current_waker, in_coroutine, park, spawn, yield_now, Builder, Cancelled,
+    JoinError, JoinHandle, RemoteJoinHandle,
+};
 pub use cpuset::CoreSet;
 pub use future::{block_on, spawn_task};
 pub use reactor::{PollerId, PollerWake, ReactorShared, ReactorStats};
@@ -75,15 +78,25 @@ impl std::str::FromStr for PollMode {
 ///
 /// # Errors
 /// Outside a reactor thread, or if the wake descriptor cannot be added.
-pub fn register_poller(name: &'static str, wake: PollerWake, f: impl FnMut() -> bool + 'static) -> std::io::Result<PollerId> {
-    let local = reactor::current_local()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::Unsupported, "register_poller outside a reactor thread"))?;
+pub fn register_poller(
+    name: &'static str,
+    wake: PollerWake,
+    f: impl FnMut() -> bool + 'static,
+) -> std::io::Result<PollerId> {
+    let local = reactor::current_local().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "register_poller outside a reactor thread",
+        )
+    })?;
     local.add_poller(name, Box::new(f), wake)
 }
 
 /// Removes a poller of the current reactor; returns whether it existed.
 pub fn unregister_poller(id: PollerId) -> bool {
-    reactor::current_local().map(|l| l.remove_poller(id)).unwrap_or(false)
+    reactor::current_local()
+        .map(|l| l.remove_poller(id))
+        .unwrap_or(false)
 }
 
 /// The index of the reactor the caller runs on.
@@ -93,5 +106,7 @@ pub fn current_reactor() -> Option<usize> {
 
 /// Live coroutines born on the current reactor (for tests and metrics).
 pub fn live_coroutines() -> usize {
-    reactor::current_local().map(|l| l.live_coroutines()).unwrap_or(0)
+    reactor::current_local()
+        .map(|l| l.live_coroutines())
+        .unwrap_or(0)
 }

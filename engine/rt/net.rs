@@ -32,10 +32,18 @@ pub struct Async<T: AsRawFd> {
 impl<T: AsRawFd> Async<T> {
     /// Registers `io` (already non-blocking) with the current reactor.
     pub fn new(io: T) -> io::Result<Self> {
-        let local = reactor::current_local()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "rt::net sockets need a reactor thread"))?;
+        let local = reactor::current_local().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "rt::net sockets need a reactor thread",
+            )
+        })?;
         let src = local.io.register(io.as_raw_fd(), local.id)?;
-        Ok(Self { io: Some(io), src, _not_send: PhantomData })
+        Ok(Self {
+            io: Some(io),
+            src,
+            _not_send: PhantomData,
+        })
     }
 
     pub fn get_ref(&self) -> &T {
@@ -55,12 +63,20 @@ impl<T: AsRawFd> Async<T> {
                 return;
             }
         }
-        log::error!("socket fd {} dropped off its reactor; it stays registered until that reactor stops", self.src.fd);
+        log::error!(
+            "socket fd {} dropped off its reactor; it stays registered until that reactor stops",
+            self.src.fd
+        );
     }
 
     /// Runs `op` until it does not return `WouldBlock`, parking on the
     /// readiness in `interest` in between; gives up at `deadline`.
-    pub fn io_with_deadline<R>(&self, write: bool, deadline: Option<Instant>, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+    pub fn io_with_deadline<R>(
+        &self,
+        write: bool,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
         let interest = if write { WRITE_READY } else { READ_READY };
         let mut timer_set = false;
         loop {
@@ -75,11 +91,17 @@ impl<T: AsRawFd> Async<T> {
             }
             if let Some(d) = deadline {
                 if Instant::now() >= d {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "socket operation timed out"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "socket operation timed out",
+                    ));
                 }
             }
             if !coro::in_coroutine() {
-                return Err(io::Error::new(io::ErrorKind::WouldBlock, "socket not ready and not in a coroutine"));
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "socket not ready and not in a coroutine",
+                ));
             }
             let waker = coro::current_waker();
             if let (Some(d), false) = (deadline, timer_set) {
@@ -88,7 +110,11 @@ impl<T: AsRawFd> Async<T> {
                     timer_set = true;
                 }
             }
-            let slot = if write { &self.src.writer } else { &self.src.reader };
+            let slot = if write {
+                &self.src.writer
+            } else {
+                &self.src.reader
+            };
             *slot.borrow_mut() = Some(waker);
             coro::park();
         }
@@ -126,7 +152,8 @@ macro_rules! stream_methods {
 
         /// Like [`Self::read`] but gives up with `TimedOut` at `deadline`.
         pub fn read_until(&self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
-            self.inner.io_with_deadline(false, deadline, |mut s: &$std| s.read(buf))
+            self.inner
+                .io_with_deadline(false, deadline, |mut s: &$std| s.read(buf))
         }
 
         /// Fills `buf` completely; `UnexpectedEof` if the peer closes first.
@@ -134,7 +161,10 @@ macro_rules! stream_methods {
             while !buf.is_empty() {
                 let n = self.read(buf)?;
                 if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed the connection",
+                    ));
                 }
                 buf = &mut buf[n..];
             }
@@ -142,11 +172,18 @@ macro_rules! stream_methods {
         }
 
         /// Fills `buf` completely or fails with `TimedOut` at `deadline`.
-        pub fn read_exact_until(&self, mut buf: &mut [u8], deadline: Option<Instant>) -> io::Result<()> {
+        pub fn read_exact_until(
+            &self,
+            mut buf: &mut [u8],
+            deadline: Option<Instant>,
+        ) -> io::Result<()> {
             while !buf.is_empty() {
                 let n = self.read_until(buf, deadline)?;
                 if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed the connection",
+                    ));
                 }
                 buf = &mut buf[n..];
             }
@@ -161,7 +198,10 @@ macro_rules! stream_methods {
             while !buf.is_empty() {
                 let n = self.write(buf)?;
                 if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "socket accepted no bytes",
+                    ));
                 }
                 buf = &buf[n..];
             }
@@ -184,9 +224,14 @@ macro_rules! stream_methods {
                     slices.push(IoSlice::new(&b[skip..]));
                     skip = 0;
                 }
-                let n = self.inner.write_with(|mut s: &$std| s.write_vectored(&slices))?;
+                let n = self
+                    .inner
+                    .write_with(|mut s: &$std| s.write_vectored(&slices))?;
                 if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "socket accepted no bytes",
+                    ));
                 }
                 done += n;
             }
@@ -210,7 +255,9 @@ impl TcpStream {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to")))
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to")
+        }))
     }
 
     /// Connects to one address, giving up at `deadline`.
@@ -220,23 +267,30 @@ impl TcpStream {
 
     fn connect_one(addr: SocketAddr, deadline: Option<Instant>) -> io::Result<Self> {
         let fd = ferrite_sys::net::tcp_connect_nonblocking(addr)?;
-        let s = Self { inner: Async::new(fd)? };
+        let s = Self {
+            inner: Async::new(fd)?,
+        };
         // Wait for the connection to complete (writable), then check SO_ERROR.
-        s.inner.io_with_deadline(true, deadline, |s| match s.take_error()? {
-            Some(e) => Err(e),
-            None => match s.peer_addr() {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Err(io::ErrorKind::WouldBlock.into()),
-                Err(e) => Err(e),
-            },
-        })?;
+        s.inner
+            .io_with_deadline(true, deadline, |s| match s.take_error()? {
+                Some(e) => Err(e),
+                None => match s.peer_addr() {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    }
+                    Err(e) => Err(e),
+                },
+            })?;
         Ok(s)
     }
 
     /// Adopts a connected std socket on the current reactor.
     pub fn from_std(s: std::net::TcpStream) -> io::Result<Self> {
         s.set_nonblocking(true)?;
-        Ok(Self { inner: Async::new(s)? })
+        Ok(Self {
+            inner: Async::new(s)?,
+        })
     }
 
     /// Gives the socket back as a std socket (non-blocking), e.g. to move it
@@ -297,12 +351,15 @@ impl TcpListener {
                 Err(e) => last = Some(io::Error::new(e.kind(), format!("binding {a}: {e}"))),
             }
         }
-        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind")))
+        Err(last
+            .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind")))
     }
 
     pub fn from_std(l: std::net::TcpListener) -> io::Result<Self> {
         l.set_nonblocking(true)?;
-        Ok(Self { inner: Async::new(l)? })
+        Ok(Self {
+            inner: Async::new(l)?,
+        })
     }
 
     /// Accepts a connection and adopts it on this reactor.
@@ -317,7 +374,10 @@ impl TcpListener {
     }
 
     /// Like [`Self::accept_std`], giving up with `TimedOut` at `deadline`.
-    pub fn accept_std_until(&self, deadline: Option<Instant>) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    pub fn accept_std_until(
+        &self,
+        deadline: Option<Instant>,
+    ) -> io::Result<(std::net::TcpStream, SocketAddr)> {
         self.inner.io_with_deadline(false, deadline, |l| l.accept())
     }
 
@@ -334,7 +394,9 @@ pub struct UnixStream {
 impl UnixStream {
     pub fn from_std(s: unix::UnixStream) -> io::Result<Self> {
         s.set_nonblocking(true)?;
-        Ok(Self { inner: Async::new(s)? })
+        Ok(Self {
+            inner: Async::new(s)?,
+        })
     }
 
     pub fn into_std(self) -> unix::UnixStream {
@@ -365,13 +427,16 @@ impl UnixListener {
                 std::fs::remove_file(path)?;
             }
         }
-        let l = unix::UnixListener::bind(path).map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", path.display())))?;
+        let l = unix::UnixListener::bind(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", path.display())))?;
         Self::from_std(l)
     }
 
     pub fn from_std(l: unix::UnixListener) -> io::Result<Self> {
         l.set_nonblocking(true)?;
-        Ok(Self { inner: Async::new(l)? })
+        Ok(Self {
+            inner: Async::new(l)?,
+        })
     }
 
     pub fn accept(&self) -> io::Result<UnixStream> {
@@ -380,7 +445,9 @@ impl UnixListener {
     }
 
     pub fn accept_until(&self, deadline: Option<Instant>) -> io::Result<UnixStream> {
-        let (s, _) = self.inner.io_with_deadline(false, deadline, |l| l.accept())?;
+        let (s, _) = self
+            .inner
+            .io_with_deadline(false, deadline, |l| l.accept())?;
         UnixStream::from_std(s)
     }
 }

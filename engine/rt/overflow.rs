@@ -33,7 +33,10 @@ fn on_fault(addr: usize) -> bool {
         return false;
     }
     let mut buf = [0u8; 512];
-    let mut w = Writer { buf: &mut buf, len: 0 };
+    let mut w = Writer {
+        buf: &mut buf,
+        len: 0,
+    };
     w.push(b"ferrite: coroutine '");
     w.push(name.as_bytes());
     w.push(b"' overflowed its stack of ");

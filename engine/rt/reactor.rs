@@ -229,6 +229,45 @@ impl Host {
         unsafe { super::context::switch(&mut (*me).local().sp, self.main_sp.get()) };
     }
 
+    /// From a finished coroutine `me`: hand the thread to the next ready
+    /// coroutine (its stack is recycled on the way, on the next one's stack),
+    /// or to the scheduler, which recycles it.
+    pub(crate) fn finish(&self, me: *const CoHeader) -> ! {
+        if let Some(local) = self.reactor() {
+            let budget = self.budget.get();
+            let next = if budget > 0 {
+                let mut q = local.ready.borrow_mut();
+                match q.front() {
+                    Some(Ready::Coro(p)) => {
+                        let p = *p;
+                        q.pop_front();
+                        Some(p)
+                    }
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            if let Some(next) = next {
+                self.budget.set(budget - 1);
+                self.current.set(next);
+                local.finished.set(me);
+                // SAFETY: `next` is a live, switched-out coroutine from the
+                // run queue; `me` is DONE and never resumed; `release_on_next`
+                // does not unwind (it only recycles memory).
+                unsafe {
+                    super::context::finish_switch(
+                        (*next).local().sp,
+                        release_on_next,
+                        local as *const Local as *const u8,
+                    )
+                };
+            }
+        }
+        self.switch_to_main(me, After::Release(me));
+        unreachable!("a finished coroutine was resumed");
+    }
+
     /// From coroutine `me` on a reactor, which has already recorded why it
     /// stops (requeued itself, or parked): hand the thread directly to the
     /// next ready coroutine, or to the scheduler.
@@ -300,6 +339,8 @@ pub(crate) struct Local {
     pub(crate) timers: RefCell<Timers>,
     pollers: RefCell<slab::Slab<PollerEntry>>,
     pub(crate) io: IoDriver,
+    /// A finished coroutine whose stack `release_on_next` recycles.
+    finished: Cell<*const CoHeader>,
     timer_fd: TimerFd,
     poll_mode: PollMode,
     adaptive_spin: Duration,
@@ -327,6 +368,7 @@ impl Local {
             timers: RefCell::new(Timers::new()),
             pollers: RefCell::new(slab::Slab::new()),
             io,
+            finished: Cell::new(std::ptr::null()),
             timer_fd,
         })
     }
@@ -352,10 +394,12 @@ impl Local {
         // SAFETY: the header is not shared with any other thread yet.
         unsafe { header.local() }.registry_key = entry.key();
         header.state.store(super::coro::RUNNING, Ordering::Relaxed);
-        header.cancel.store(self.shared.stop.load(Ordering::Relaxed), Ordering::Relaxed);
+        header
+            .cancel
+            .store(self.shared.stop.load(Ordering::Relaxed), Ordering::Relaxed);
         header.host.store(self.id, Ordering::Relaxed);
         entry.insert(header);
-        self.shared.stats.coroutines_spawned.fetch_add(1, Ordering::Relaxed);
+        bump(&self.shared.stats.coroutines_spawned, 1);
         ptr
     }
 
@@ -364,33 +408,34 @@ impl Local {
         // SAFETY: the coroutine is DONE and off its stack; the registry still
         // holds it, so the pointer is valid.
         let key = unsafe { (*co).local() }.registry_key;
-        let mut header = self.registry.borrow_mut().remove(key);
-        match Arc::get_mut(&mut header) {
-            Some(h) => {
-                let l = h.local.get_mut();
-                if let Some(stack) = l.stack.take() {
-                    self.stacks.put(stack);
-                }
-                l.name = super::coro::Name::Static("coroutine");
-                self.headers.borrow_mut().push(header);
-            }
-            None => {
-                // A waker still refers to it: keep the header for that waker
-                // (waking a DONE coroutine is a no-op) and recycle the stack.
-                // SAFETY: DONE and off its stack; no thread hosts it any more.
-                let l = unsafe { header.local() };
-                if let Some(stack) = l.stack.take() {
-                    self.stacks.put(stack);
-                }
-            }
+        let header = self.registry.borrow_mut().remove(key);
+        // SAFETY: DONE and off its stack; no thread hosts it any more.
+        let l = unsafe { header.local() };
+        if let Some(stack) = l.stack.take() {
+            self.stacks.put(stack);
+        }
+        // Headers are never shared through `Weak`, so a strong count of one
+        // means no waker refers to it any more and it can be reused. When a
+        // waker still holds it, it stays with that waker (waking a DONE
+        // coroutine is a no-op) and is freed with it.
+        if Arc::strong_count(&header) == 1 {
+            l.name = super::coro::Name::Static("coroutine");
+            self.headers.borrow_mut().push(header);
         }
     }
 
     /// Runs the loop until the runtime stops and the reactor has drained.
     pub(crate) fn run(&self, host: &Host) {
-        let mut last_work = Instant::now();
+        // The clock is read only after an iteration that did work, and every
+        // CLOCK_EVERY idle iterations: on a busy-polling reactor an idle
+        // iteration is a handful of loads, and a clock read would dominate it.
+        const CLOCK_EVERY: u32 = 16;
+        let mut last_clock = Instant::now();
+        let mut last_work = last_clock;
+        let mut worked_since_clock = false;
+        let mut idle_iters = 0u32;
         let mut stop_deadline: Option<Instant> = None;
-        let mut iter_start = last_work;
+        let stats = &self.shared.stats;
         loop {
             let mut work = self.drain_messages();
             work += self.fire_timers();
@@ -399,17 +444,28 @@ impl Local {
             }
             work += self.run_pollers();
             work += self.run_ready(host);
+            bump(&stats.loops, 1);
 
-            let now = Instant::now();
-            let elapsed = now.duration_since(iter_start).as_nanos() as u64;
-            iter_start = now;
-            let stats = &self.shared.stats;
-            stats.loops.fetch_add(1, Ordering::Relaxed);
             if work > 0 {
-                stats.busy_ns.fetch_add(elapsed, Ordering::Relaxed);
-                last_work = now;
+                worked_since_clock = true;
+                idle_iters = 0;
             } else {
-                stats.idle_ns.fetch_add(elapsed, Ordering::Relaxed);
+                idle_iters += 1;
+                if idle_iters % CLOCK_EVERY != 0 && !self.shared.stop.load(Ordering::Relaxed) {
+                    continue;
+                }
+            }
+            // Account the time since the last clock read as busy if any
+            // iteration in it did work, idle otherwise.
+            let now = Instant::now();
+            let elapsed = now.duration_since(last_clock).as_nanos() as u64;
+            last_clock = now;
+            if worked_since_clock {
+                bump(&stats.busy_ns, elapsed);
+                last_work = now;
+                worked_since_clock = false;
+            } else {
+                bump(&stats.idle_ns, elapsed);
             }
 
             if self.shared.stop.load(Ordering::Acquire) {
@@ -435,12 +491,17 @@ impl Local {
                 continue;
             }
 
-            if work == 0 && self.poll_mode == PollMode::Adaptive && now.duration_since(last_work) >= self.adaptive_spin {
+            if work == 0
+                && self.poll_mode == PollMode::Adaptive
+                && now.duration_since(last_work) >= self.adaptive_spin
+            {
                 let t = self.sleep_timeout(now);
                 self.sleep(t);
-                iter_start = Instant::now();
-                last_work = iter_start;
-                stats.sleeps.fetch_add(1, Ordering::Relaxed);
+                let woke = Instant::now();
+                bump(&stats.idle_ns, woke.duration_since(now).as_nanos() as u64);
+                last_clock = woke;
+                last_work = woke;
+                bump(&stats.sleeps, 1);
             }
         }
         // Drop whatever is still queued (abandoned tasks are cancelled by
@@ -450,12 +511,19 @@ impl Local {
     }
 
     fn drained(&self) -> bool {
-        self.registry.borrow().is_empty() && self.ready.borrow().is_empty() && self.shared.queue.is_empty()
+        self.registry.borrow().is_empty()
+            && self.ready.borrow().is_empty()
+            && self.shared.queue.is_empty()
     }
 
     /// Asks every live coroutine born here to unwind at its next park.
     fn cancel_all(&self) {
-        let all: Vec<Arc<CoHeader>> = self.registry.borrow().iter().map(|(_, h)| h.clone()).collect();
+        let all: Vec<Arc<CoHeader>> = self
+            .registry
+            .borrow()
+            .iter()
+            .map(|(_, h)| h.clone())
+            .collect();
         for h in all {
             h.cancel.store(true, Ordering::Release);
             h.wake();
@@ -463,22 +531,33 @@ impl Local {
     }
 
     fn drain_messages(&self) -> usize {
+        // `is_empty` is two plain loads; `pop` on an empty queue costs a
+        // SeqCst fence, which the idle loop would pay on every iteration.
+        if self.shared.queue.is_empty() {
+            return 0;
+        }
         let mut n = 0;
         while n < 256 {
-            let Some(msg) = self.shared.queue.pop() else { break };
+            let Some(msg) = self.shared.queue.pop() else {
+                break;
+            };
             n += 1;
             match msg {
                 Msg::Resume(SendPtr(co)) => self.push_ready(Ready::Coro(co)),
                 Msg::Task(r) => self.push_ready(Ready::Task(r)),
                 Msg::Call(f) => {
                     if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                        log::error!("reactor {}: a cross-reactor call panicked: {}", self.id, panic_message(&e));
+                        log::error!(
+                            "reactor {}: a cross-reactor call panicked: {}",
+                            self.id,
+                            panic_message(&e)
+                        );
                     }
                 }
             }
         }
         if n > 0 {
-            self.shared.stats.messages.fetch_add(n as u64, Ordering::Relaxed);
+            bump(&self.shared.stats.messages, n as u64);
         }
         n
     }
@@ -513,8 +592,18 @@ impl Local {
             let did = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut f)) {
                 Ok(d) => d,
                 Err(e) => {
-                    let name = self.pollers.borrow().get(key).map(|p| p.name).unwrap_or("?");
-                    log::error!("reactor {}: poller '{}' panicked and was removed: {}", self.id, name, panic_message(&e));
+                    let name = self
+                        .pollers
+                        .borrow()
+                        .get(key)
+                        .map(|p| p.name)
+                        .unwrap_or("?");
+                    log::error!(
+                        "reactor {}: poller '{}' panicked and was removed: {}",
+                        self.id,
+                        name,
+                        panic_message(&e)
+                    );
                     self.pollers.borrow_mut().try_remove(key);
                     continue;
                 }
@@ -532,10 +621,13 @@ impl Local {
     }
 
     fn run_ready(&self, host: &Host) -> usize {
-        let n = self.ready.borrow().len().min(256);
+        // Run what is ready, including what becomes ready meanwhile, up to a
+        // budget: messages, timers and pollers need the thread back too.
         let mut ran = 0;
-        for _ in 0..n {
-            let Some(r) = self.ready.borrow_mut().pop_front() else { break };
+        while ran < 256 {
+            let Some(r) = self.ready.borrow_mut().pop_front() else {
+                break;
+            };
             ran += 1;
             match r {
                 Ready::Coro(co) => {
@@ -560,14 +652,20 @@ impl Local {
                 unsafe { (*co).host.store(target, Ordering::Release) };
                 route(&self.rt, co, target);
             }
-            After::Park(_) | After::Requeue(_) => unreachable!("worker-only scheduling request on a reactor"),
+            After::Park(_) | After::Requeue(_) => {
+                unreachable!("worker-only scheduling request on a reactor")
+            }
         }
     }
 
     /// How long the reactor may sleep: until the next timer, or the shortest
     /// interval a poller without a wake descriptor asked for.
     fn sleep_timeout(&self, now: Instant) -> Option<Duration> {
-        let mut t = self.timers.borrow().next_deadline().map(|d| d.saturating_duration_since(now));
+        let mut t = self
+            .timers
+            .borrow()
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(now));
         for (_, p) in self.pollers.borrow().iter() {
             if let Some(m) = p.max_sleep {
                 t = Some(t.map_or(m, |t| t.min(m)));
@@ -599,12 +697,21 @@ impl Local {
         self.timer_fd.drain();
     }
 
-    pub(crate) fn add_poller(&self, name: &'static str, f: Box<dyn FnMut() -> bool>, wake: PollerWake) -> std::io::Result<PollerId> {
+    pub(crate) fn add_poller(
+        &self,
+        name: &'static str,
+        f: Box<dyn FnMut() -> bool>,
+        wake: PollerWake,
+    ) -> std::io::Result<PollerId> {
         let max_sleep = match wake {
             PollerWake::Every(d) => Some(d),
             _ => None,
         };
-        let key = self.pollers.borrow_mut().insert(PollerEntry { name, f: Some(f), max_sleep });
+        let key = self.pollers.borrow_mut().insert(PollerEntry {
+            name,
+            f: Some(f),
+            max_sleep,
+        });
         if let PollerWake::Fd(fd) = wake {
             if let Err(e) = self.io.epoll_add_raw(fd, TOKEN_POLLER) {
                 self.pollers.borrow_mut().remove(key);
@@ -621,6 +728,23 @@ impl Local {
     pub(crate) fn live_coroutines(&self) -> usize {
         self.registry.borrow().len()
     }
+}
+
+/// Recycles a finished coroutine's stack and header; runs on the stack of
+/// the coroutine that is being resumed in its place.
+extern "C" fn release_on_next(local: *const u8) {
+    // SAFETY: `Host::finish` passes its reactor's Local, which outlives every
+    // coroutine that runs on it.
+    let local = unsafe { &*(local as *const Local) };
+    local.release(local.finished.replace(std::ptr::null()));
+}
+
+/// Adds to a counter that only its reactor thread writes: a plain load and
+/// store, not an atomic read-modify-write (readers on other threads see a
+/// value at most one update old).
+#[inline]
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
 /// Sends coroutine `co` to host `target` (a reactor index or the workers).

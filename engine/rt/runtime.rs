@@ -1,6 +1,6 @@
 //! Starting and stopping a set of reactors and the worker pool.
 
-use super::coro::{self, JoinHandle, Name};
+use super::coro::{self, RemoteJoinHandle};
 use super::cpuset::CoreSet;
 use super::migrate::WorkerPool;
 use super::reactor::{Host, Local, Msg, ReactorShared};
@@ -58,7 +58,11 @@ impl Config {
     /// A configuration for tests: `n` unpinned adaptive reactors on the first
     /// cores, one worker.
     pub fn for_tests(n: usize) -> Self {
-        Self { cores: CoreSet::from_list((0..n).collect()), pin: false, ..Self::default() }
+        Self {
+            cores: CoreSet::from_list((0..n).collect()),
+            pin: false,
+            ..Self::default()
+        }
     }
 }
 
@@ -88,7 +92,10 @@ impl Runtime {
     /// them is looping.
     pub fn new(config: Config) -> io::Result<Self> {
         if config.cores.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the core set is empty: no reactor to start"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the core set is empty: no reactor to start",
+            ));
         }
         if config.pin {
             let allowed = ferrite_sys::affinity::allowed_cpus()?;
@@ -107,7 +114,11 @@ impl Runtime {
             reactors.push(Arc::new(ReactorShared::new(i, Some(core))?));
         }
         let (workers, worker_rx) = WorkerPool::new(config.workers);
-        let shared = Arc::new(RuntimeShared { config: config.clone(), reactors, workers });
+        let shared = Arc::new(RuntimeShared {
+            config: config.clone(),
+            reactors,
+            workers,
+        });
 
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
         let mut threads = Vec::new();
@@ -115,12 +126,18 @@ impl Runtime {
             let sh = shared.clone();
             let tx = ready_tx.clone();
             let name = format!("{}-{}", config.name, i);
-            let t = thread::Builder::new().name(name).spawn(move || reactor_thread(sh, i, tx))?;
+            let t = thread::Builder::new()
+                .name(name)
+                .spawn(move || reactor_thread(sh, i, tx))?;
             threads.push(t);
         }
         let worker_threads = super::migrate::start_workers(&shared, worker_rx)?;
         drop(ready_tx);
-        let mut rt = Self { shared, threads, worker_threads };
+        let mut rt = Self {
+            shared,
+            threads,
+            worker_threads,
+        };
         for _ in 0..rt.threads.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -138,7 +155,9 @@ impl Runtime {
     }
 
     pub fn handle(&self) -> Handle {
-        Handle { shared: self.shared.clone() }
+        Handle {
+            shared: self.shared.clone(),
+        }
     }
 
     pub fn reactor_count(&self) -> usize {
@@ -159,7 +178,7 @@ impl Runtime {
     }
 
     /// Spawns a coroutine on reactor `reactor` from any thread.
-    pub fn spawn_on<F, T>(&self, reactor: usize, f: F) -> JoinHandle<T>
+    pub fn spawn_on<F, T>(&self, reactor: usize, f: F) -> RemoteJoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -213,22 +232,23 @@ impl Handle {
     ///
     /// # Panics
     /// If `reactor` is out of range.
-    pub fn spawn_on<F, T>(&self, reactor: usize, f: F) -> JoinHandle<T>
+    pub fn spawn_on<F, T>(&self, reactor: usize, f: F) -> RemoteJoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         if let Some(local) = super::reactor::current_local() {
             if local.id == reactor && Arc::ptr_eq(&local.rt, &self.shared) {
-                return coro::spawn_on_local(local, Name::Static("coroutine"), None, f)
+                return coro::spawn_remote_on_local(local, f)
                     .unwrap_or_else(|e| panic!("spawn on reactor {reactor}: {e}"));
             }
         }
         let target = &self.shared.reactors[reactor];
-        let (tx, rx) = super::sync::oneshot::<JoinHandle<T>>();
+        let (tx, rx) = super::sync::oneshot::<RemoteJoinHandle<T>>();
         let call = Box::new(move || {
-            let local = super::reactor::current_local().expect("a reactor message runs on its reactor");
-            match coro::spawn_on_local(local, Name::Static("coroutine"), None, f) {
+            let local =
+                super::reactor::current_local().expect("a reactor message runs on its reactor");
+            match coro::spawn_remote_on_local(local, f) {
                 Ok(h) => {
                     let _ = tx.send(h);
                 }
@@ -238,7 +258,8 @@ impl Handle {
         target.send(Msg::Call(call));
         // The reactor answers from its scheduler context without blocking,
         // so this wait is short (and parks a coroutine when called from one).
-        rx.recv().expect("the reactor could not start the coroutine (out of stack memory?)")
+        rx.recv()
+            .expect("the reactor could not start the coroutine (out of stack memory?)")
     }
 
     /// Runs `f` on reactor `reactor`'s scheduler context and returns its
@@ -258,7 +279,8 @@ impl Handle {
         self.shared.reactors[reactor].send(Msg::Call(Box::new(move || {
             let _ = tx.send(f());
         })));
-        rx.recv().expect("the cross-reactor call panicked on its reactor")
+        rx.recv()
+            .expect("the cross-reactor call panicked on its reactor")
     }
 
     /// Sends `f` to run on reactor `reactor`'s scheduler context; does not wait.
@@ -278,7 +300,9 @@ impl Handle {
 
 /// The handle of the runtime the calling reactor thread belongs to.
 pub fn current_handle() -> Option<Handle> {
-    super::reactor::current_local().map(|l| Handle { shared: l.rt.clone() })
+    super::reactor::current_local().map(|l| Handle {
+        shared: l.rt.clone(),
+    })
 }
 
 fn reactor_thread(shared: Arc<RuntimeShared>, id: usize, ready: mpsc::Sender<io::Result<()>>) {
@@ -286,8 +310,12 @@ fn reactor_thread(shared: Arc<RuntimeShared>, id: usize, ready: mpsc::Sender<io:
     let start = || -> io::Result<(ferrite_sys::segv::AltStack, Local)> {
         if shared.config.pin {
             if let Some(core) = rs.core {
-                ferrite_sys::affinity::pin_current_thread(core)
-                    .map_err(|e| io::Error::new(e.kind(), format!("pinning reactor {id} to core {core}: {e}")))?;
+                ferrite_sys::affinity::pin_current_thread(core).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("pinning reactor {id} to core {core}: {e}"),
+                    )
+                })?;
             }
         }
         let alt = ferrite_sys::segv::AltStack::ensure()?;
@@ -306,7 +334,11 @@ fn reactor_thread(shared: Arc<RuntimeShared>, id: usize, ready: mpsc::Sender<io:
     host.install();
     let _ = ready.send(Ok(()));
     drop(ready);
-    log::debug!("reactor {id} running on core {:?} (pinned: {})", rs.core, shared.config.pin);
+    log::debug!(
+        "reactor {id} running on core {:?} (pinned: {})",
+        rs.core,
+        shared.config.pin
+    );
     local.run(&host);
     host.uninstall();
     log::debug!("reactor {id} stopped");

@@ -21,7 +21,9 @@ pub(crate) struct Stack {
 
 impl Stack {
     pub(crate) fn new(size: usize) -> io::Result<Self> {
-        Ok(Self { mem: GuardedMapping::new(size, 1)? })
+        Ok(Self {
+            mem: GuardedMapping::new(size, 1)?,
+        })
     }
 
     /// The 16-byte aligned upper end, where the first frame goes.
@@ -48,7 +50,11 @@ pub(crate) struct StackPool {
 
 impl StackPool {
     pub(crate) fn new(size: usize, max_cached: usize) -> Self {
-        Self { size, max_cached, free: RefCell::new(Vec::new()) }
+        Self {
+            size,
+            max_cached,
+            free: RefCell::new(Vec::new()),
+        }
     }
 
     pub(crate) fn stack_size(&self) -> usize {

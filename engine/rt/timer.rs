@@ -42,12 +42,19 @@ pub(crate) struct Timers {
 
 impl Timers {
     pub(crate) fn new() -> Self {
-        Self { heap: BinaryHeap::new(), seq: 0 }
+        Self {
+            heap: BinaryHeap::new(),
+            seq: 0,
+        }
     }
 
     pub(crate) fn add(&mut self, deadline: Instant, waker: Waker) {
         self.seq += 1;
-        self.heap.push(Entry { deadline, seq: self.seq, waker });
+        self.heap.push(Entry {
+            deadline,
+            seq: self.seq,
+            waker,
+        });
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -81,7 +88,10 @@ pub fn sleep_until(deadline: Instant) {
     if !super::coro::in_coroutine() {
         panic!("rt::sleep on a reactor's scheduler context would stall the reactor; use sleep_async or a coroutine");
     }
-    local.timers.borrow_mut().add(deadline, super::coro::current_waker());
+    local
+        .timers
+        .borrow_mut()
+        .add(deadline, super::coro::current_waker());
     while Instant::now() < deadline {
         super::coro::park();
     }
@@ -96,7 +106,10 @@ pub struct Sleep {
 
 /// A future that completes after `d` (for async tasks on the reactors).
 pub fn sleep_async(d: Duration) -> Sleep {
-    Sleep { deadline: Instant::now() + d, registered: false }
+    Sleep {
+        deadline: Instant::now() + d,
+        registered: false,
+    }
 }
 
 impl Future for Sleep {
@@ -109,7 +122,10 @@ impl Future for Sleep {
         // enough for the common case of one task polling it.
         if !self.registered {
             match super::reactor::current_local() {
-                Some(local) => local.timers.borrow_mut().add(self.deadline, cx.waker().clone()),
+                Some(local) => local
+                    .timers
+                    .borrow_mut()
+                    .add(self.deadline, cx.waker().clone()),
                 None => {
                     let w = cx.waker().clone();
                     let d = self.deadline;

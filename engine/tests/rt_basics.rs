@@ -65,7 +65,9 @@ fn panic_is_contained_in_its_coroutine() {
 #[test]
 fn panic_in_block_on_reaches_the_caller() {
     let rt = runtime();
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(|| panic!("top-level"))));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(|| panic!("top-level"))
+    }));
     assert!(r.is_err());
     // And the runtime still works.
     assert_eq!(rt.block_on(|| 1 + 1), 2);
@@ -234,7 +236,10 @@ fn migrate_moves_the_coroutine_and_brings_it_back() {
     let report = rt.block_on(|| {
         let before = (rt::current_reactor(), std::thread::current().id());
         let on_worker = migrate::run_on(migrate::Target::Workers, || {
-            (rt::current_reactor(), std::thread::current().name().map(str::to_string))
+            (
+                rt::current_reactor(),
+                std::thread::current().name().map(str::to_string),
+            )
         });
         let on_other = migrate::run_on(migrate::Target::Reactor(1), rt::current_reactor);
         let after = (rt::current_reactor(), std::thread::current().id());
@@ -245,14 +250,19 @@ fn migrate_moves_the_coroutine_and_brings_it_back() {
     assert_eq!(on_worker.0, None, "on the worker pool there is no reactor");
     assert!(on_worker.1.unwrap().contains("worker"));
     assert_eq!(on_other, Some(1));
-    assert_eq!(after, before, "the coroutine is back on its reactor and thread");
+    assert_eq!(
+        after, before,
+        "the coroutine is back on its reactor and thread"
+    );
 }
 
 #[test]
 fn migrate_brings_a_panicking_coroutine_home() {
     let rt = runtime();
     let back_home = rt.block_on(|| {
-        let r = std::panic::catch_unwind(|| migrate::run_on(migrate::Target::Workers, || panic!("on a worker")));
+        let r = std::panic::catch_unwind(|| {
+            migrate::run_on(migrate::Target::Workers, || panic!("on a worker"))
+        });
         assert!(r.is_err());
         rt::current_reactor()
     });
@@ -310,10 +320,14 @@ fn pollers_run_on_the_reactor_loop() {
     let count = rt.block_on(|| {
         let n = Rc::new(Cell::new(0u32));
         let n2 = n.clone();
-        let id = rt::register_poller("test-poller", rt::PollerWake::Every(Duration::from_millis(1)), move || {
-            n2.set(n2.get() + 1);
-            false
-        })
+        let id = rt::register_poller(
+            "test-poller",
+            rt::PollerWake::Every(Duration::from_millis(1)),
+            move || {
+                n2.set(n2.get() + 1);
+                false
+            },
+        )
         .unwrap();
         rt::sleep(Duration::from_millis(20));
         assert!(rt::unregister_poller(id));
@@ -382,7 +396,9 @@ fn tcp_read_deadline_times_out() {
         let _client = std::net::TcpStream::connect(addr).unwrap();
         let (s, _) = l.accept().unwrap();
         let mut b = [0u8; 1];
-        s.read_until(&mut b, Some(Instant::now() + Duration::from_millis(10))).unwrap_err().kind()
+        s.read_until(&mut b, Some(Instant::now() + Duration::from_millis(10)))
+            .unwrap_err()
+            .kind()
     });
     assert_eq!(kind, std::io::ErrorKind::TimedOut);
 }
@@ -392,8 +408,14 @@ fn connect_refused_is_an_error_not_a_hang() {
     let rt = runtime();
     let r = rt.block_on(|| {
         // Bind then drop to get a port nobody listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        rt::net::TcpStream::connect(("127.0.0.1", port)).map(|_| ()).map_err(|e| e.kind())
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        rt::net::TcpStream::connect(("127.0.0.1", port))
+            .map(|_| ())
+            .map_err(|e| e.kind())
     });
     assert_eq!(r, Err(std::io::ErrorKind::ConnectionRefused));
 }
@@ -417,7 +439,10 @@ fn shutdown_cancels_parked_coroutines_and_runs_their_destructors() {
     });
     std::thread::sleep(Duration::from_millis(20));
     rt.shutdown();
-    assert!(dropped.load(Ordering::SeqCst), "the cancelled coroutine unwound");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the cancelled coroutine unwound"
+    );
     let err = h.join().unwrap_err();
     assert!(err.is_cancelled());
 }
@@ -431,7 +456,10 @@ fn larger_stacks_on_request() {
             .stack_size(1 << 20)
             .spawn(|| {
                 let buf = [1u8; 512 * 1024];
-                std::hint::black_box(&buf).iter().map(|&b| b as u32).sum::<u32>()
+                std::hint::black_box(&buf)
+                    .iter()
+                    .map(|&b| b as u32)
+                    .sum::<u32>()
             })
             .unwrap()
             .join()
@@ -450,7 +478,11 @@ fn a_closure_too_big_for_its_stack_is_refused() {
             .stack_size(4 << 20)
             .spawn(|| {
                 let big = [0u8; 200 * 1024];
-                rt::Builder::new().spawn(move || big.len()).map(|_| ()).unwrap_err().to_string()
+                rt::Builder::new()
+                    .spawn(move || big.len())
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string()
             })
             .unwrap()
             .join()
@@ -467,7 +499,11 @@ fn spawn_outside_a_reactor_is_an_error() {
 
 #[test]
 fn bad_core_sets_are_refused_clearly() {
-    let cfg = Config { cores: rt::CoreSet::from_list(vec![4000]), pin: true, ..Config::default() };
+    let cfg = Config {
+        cores: rt::CoreSet::from_list(vec![4000]),
+        pin: true,
+        ..Config::default()
+    };
     let e = Runtime::new(cfg).err().expect("core 4000 does not exist");
     assert!(e.to_string().contains("core 4000"), "{e}");
 }

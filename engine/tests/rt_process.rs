@@ -23,7 +23,12 @@ fn overflow_child() {
     }
     let rt = Runtime::new(Config::for_tests(1)).unwrap();
     rt.block_on(|| {
-        rt::Builder::new().name("deep-recursion").spawn(|| recurse(u64::MAX)).unwrap().join().unwrap();
+        rt::Builder::new()
+            .name("deep-recursion")
+            .spawn(|| recurse(u64::MAX))
+            .unwrap()
+            .join()
+            .unwrap();
     });
 }
 
@@ -31,13 +36,23 @@ fn overflow_child() {
 fn stack_overflow_is_reported_by_name_and_aborts() {
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(exe)
-        .args(["--exact", "overflow_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "overflow_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("FERRITE_OVERFLOW_CHILD", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(libc_sigabrt()), "child should abort; status {:?}, stderr:\n{stderr}", out.status);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigabrt()),
+        "child should abort; status {:?}, stderr:\n{stderr}",
+        out.status
+    );
     assert!(
         stderr.contains("coroutine 'deep-recursion' overflowed its stack of 128 KiB"),
         "stderr was:\n{stderr}"
@@ -63,7 +78,11 @@ fn threads_named(prefix: &str) -> Vec<String> {
 
 #[test]
 fn shutdown_leaves_no_thread_behind() {
-    let cfg = Config { name: "leakchk".into(), workers: 2, ..Config::for_tests(2) };
+    let cfg = Config {
+        name: "leakchk".into(),
+        workers: 2,
+        ..Config::for_tests(2)
+    };
     let rt = Runtime::new(cfg).unwrap();
     let h = rt.handle();
     // Busy state at shutdown: parked coroutines, sockets, sleepers, a migrated one.
@@ -74,12 +93,25 @@ fn shutdown_leaves_no_thread_behind() {
         });
         h.spawn_on(r, || rt::sleep(Duration::from_secs(3600)));
     }
-    h.spawn_on(0, || rt::migrate::run_on(rt::migrate::Target::Workers, || std::thread::sleep(Duration::from_millis(50))));
+    h.spawn_on(0, || {
+        rt::migrate::run_on(rt::migrate::Target::Workers, || {
+            std::thread::sleep(Duration::from_millis(50))
+        })
+    });
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(threads_named("leakchk").len(), 4, "2 reactors + 2 workers: {:?}", threads_named("leakchk"));
+    assert_eq!(
+        threads_named("leakchk").len(),
+        4,
+        "2 reactors + 2 workers: {:?}",
+        threads_named("leakchk")
+    );
     let start = Instant::now();
     rt.shutdown();
-    assert!(threads_named("leakchk").is_empty(), "left behind: {:?}", threads_named("leakchk"));
+    assert!(
+        threads_named("leakchk").is_empty(),
+        "left behind: {:?}",
+        threads_named("leakchk")
+    );
     // Bounded: the grace period is 5 s; cancellation should need far less.
     assert!(start.elapsed() < Duration::from_secs(5));
 }
@@ -87,12 +119,19 @@ fn shutdown_leaves_no_thread_behind() {
 /// CPU time of one thread, from /proc (ns).
 fn thread_cpu_ns(tid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap_or_default();
-    s.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0)
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
 fn idle_adaptive_reactors_use_no_cpu_worth_measuring() {
-    let cfg = Config { name: "idlechk".into(), poll_mode: PollMode::Adaptive, ..Config::for_tests(2) };
+    let cfg = Config {
+        name: "idlechk".into(),
+        poll_mode: PollMode::Adaptive,
+        ..Config::for_tests(2)
+    };
     let rt = Runtime::new(cfg).unwrap();
     let h = rt.handle();
     // One idle coroutine with a periodic timer, as a real node has.
@@ -108,7 +147,10 @@ fn idle_adaptive_reactors_use_no_cpu_worth_measuring() {
     for (i, &t) in tids.iter().enumerate() {
         let used = thread_cpu_ns(t) - before[i];
         // Well under 2 % of a core (a busy-polling reactor uses 100 %).
-        assert!(used * 50 < wall, "reactor {i} used {used} ns of CPU in {wall} ns idle");
+        assert!(
+            used * 50 < wall,
+            "reactor {i} used {used} ns of CPU in {wall} ns idle"
+        );
     }
 }
 

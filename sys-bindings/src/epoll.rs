@@ -30,7 +30,10 @@ impl Epoll {
         let fd = crate::cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: `fd` is new and owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd, buf: vec![libc::epoll_event { events: 0, u64: 0 }; 256] })
+        Ok(Self {
+            fd,
+            buf: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
+        })
     }
 
     pub fn add(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
@@ -54,14 +57,25 @@ impl Epoll {
 
     /// Waits up to `timeout` (`None`: forever, zero: just poll) and calls `f`
     /// for every event. Returns the number of events.
-    pub fn wait(&mut self, timeout: Option<Duration>, mut f: impl FnMut(Event)) -> io::Result<usize> {
+    pub fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        mut f: impl FnMut(Event),
+    ) -> io::Result<usize> {
         let ms = match timeout {
             None => -1,
             // Round up so a sub-millisecond wait does not become a busy poll.
             Some(d) => d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int,
         };
         // SAFETY: `buf` has `len` initialised, writable epoll_event slots.
-        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), self.buf.as_mut_ptr(), self.buf.len() as libc::c_int, ms) };
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                self.buf.as_mut_ptr(),
+                self.buf.len() as libc::c_int,
+                ms,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -70,7 +84,10 @@ impl Epoll {
             return Err(e);
         }
         for ev in &self.buf[..n as usize] {
-            f(Event { token: ev.u64, events: ev.events });
+            f(Event {
+                token: ev.u64,
+                events: ev.events,
+            });
         }
         Ok(n as usize)
     }

@@ -14,7 +14,9 @@ impl EventFd {
         // SAFETY: eventfd takes no pointers.
         let fd = crate::cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
         // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Adds one to the counter, making the descriptor readable.
@@ -23,14 +25,26 @@ impl EventFd {
         // SAFETY: writes 8 bytes from a valid u64. An error (counter overflow,
         // which needs 2^64 notifications without a drain) is harmless: the fd
         // is readable in that state anyway.
-        unsafe { libc::write(self.fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
     }
 
     /// Resets the counter; returns whether it was non-zero.
     pub fn drain(&self) -> bool {
         let mut v: u64 = 0;
         // SAFETY: reads at most 8 bytes into a valid u64.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                &mut v as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
         n == 8 && v > 0
     }
 }

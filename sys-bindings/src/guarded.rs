@@ -47,7 +47,11 @@ impl GuardedMapping {
                 return Err(e);
             }
         }
-        Ok(Self { base: base as *mut u8, total, guard })
+        Ok(Self {
+            base: base as *mut u8,
+            total,
+            guard,
+        })
     }
 
     /// Lowest usable address (just above the guard).

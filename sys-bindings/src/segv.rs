@@ -30,7 +30,10 @@ pub fn install(hook: FaultHook) -> io::Result<()> {
             sa.sa_sigaction = handler as *const () as usize;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
             libc::sigemptyset(&mut sa.sa_mask);
-            for (sig, slot) in [(libc::SIGSEGV, &raw mut PREV_SEGV), (libc::SIGBUS, &raw mut PREV_BUS)] {
+            for (sig, slot) in [
+                (libc::SIGSEGV, &raw mut PREV_SEGV),
+                (libc::SIGBUS, &raw mut PREV_BUS),
+            ] {
                 let mut old: libc::sigaction = std::mem::zeroed();
                 if libc::sigaction(sig, &sa, &mut old) != 0 {
                     result = Err(io::Error::last_os_error());
@@ -57,7 +60,13 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     // Not ours: hand over to whoever was installed before (Rust's own stack
     // overflow reporter for thread stacks), or fall back to the default action.
     // SAFETY: PREV_* were written once in `install` before this handler could run.
-    let prev = unsafe { if sig == libc::SIGSEGV { (*(&raw const PREV_SEGV)).as_ref() } else { (*(&raw const PREV_BUS)).as_ref() } };
+    let prev = unsafe {
+        if sig == libc::SIGSEGV {
+            (*(&raw const PREV_SEGV)).as_ref()
+        } else {
+            (*(&raw const PREV_BUS)).as_ref()
+        }
+    };
     match prev {
         Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
             if p.sa_flags & libc::SA_SIGINFO != 0 {
@@ -122,7 +131,11 @@ impl AltStack {
             return Ok(Self { mem: None });
         }
         let mem = crate::guarded::GuardedMapping::new(Self::SIZE, 1)?;
-        let st = libc::stack_t { ss_sp: mem.usable_start() as *mut libc::c_void, ss_flags: 0, ss_size: mem.usable_len() };
+        let st = libc::stack_t {
+            ss_sp: mem.usable_start() as *mut libc::c_void,
+            ss_flags: 0,
+            ss_size: mem.usable_len(),
+        };
         // SAFETY: `st` describes memory owned by `mem`, which outlives the
         // registration (Drop unregisters before unmapping).
         crate::cvt(unsafe { libc::sigaltstack(&st, std::ptr::null_mut()) })?;
@@ -133,7 +146,11 @@ impl AltStack {
 impl Drop for AltStack {
     fn drop(&mut self) {
         if self.mem.is_some() {
-            let st = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+            let st = libc::stack_t {
+                ss_sp: std::ptr::null_mut(),
+                ss_flags: libc::SS_DISABLE,
+                ss_size: 0,
+            };
             // SAFETY: disabling the alternate stack takes no memory of ours.
             unsafe { libc::sigaltstack(&st, std::ptr::null_mut()) };
         }

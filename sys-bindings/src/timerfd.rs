@@ -14,10 +14,15 @@ impl TimerFd {
     pub fn new() -> io::Result<Self> {
         // SAFETY: timerfd_create takes no pointers.
         let fd = crate::cvt(unsafe {
-            libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
         })?;
         // SAFETY: `fd` is new and owned by nobody else.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Arms the timer to fire once after `after` (a zero duration is raised to
@@ -26,13 +31,27 @@ impl TimerFd {
         let value = match after {
             Some(d) => {
                 let d = d.max(Duration::from_nanos(1));
-                libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long }
+                libc::timespec {
+                    tv_sec: d.as_secs() as libc::time_t,
+                    tv_nsec: d.subsec_nanos() as libc::c_long,
+                }
             }
-            None => libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            None => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
         };
-        let spec = libc::itimerspec { it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 }, it_value: value };
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: value,
+        };
         // SAFETY: `spec` is a valid itimerspec; the old value is not requested.
-        crate::cvt(unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) })?;
+        crate::cvt(unsafe {
+            libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut())
+        })?;
         Ok(())
     }
 
@@ -40,7 +59,13 @@ impl TimerFd {
     pub fn drain(&self) {
         let mut v: u64 = 0;
         // SAFETY: reads at most 8 bytes into a valid u64.
-        unsafe { libc::read(self.fd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+        unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                &mut v as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
     }
 }
 

@@ -26,12 +26,17 @@ extern "C" fn other_entry() {
 /// Times `iters` round trips (switch in and out) between two ucontexts and
 /// returns the mean duration of one round trip.
 pub fn swapcontext_switch(iters: u64) -> Duration {
-    let stack = crate::guarded::GuardedMapping::new(64 * 1024, 1).expect("mmap a stack for swapcontext");
+    let stack =
+        crate::guarded::GuardedMapping::new(64 * 1024, 1).expect("mmap a stack for swapcontext");
     // SAFETY: ucontext_t is plain data; getcontext/makecontext initialise it
     // before use. The stack outlives every switch into `other`, and CURRENT is
     // reset before `pp` goes away. Never called concurrently (benchmark only).
     unsafe {
-        let mut pp = Box::new(PingPong { main: std::mem::zeroed(), other: std::mem::zeroed(), remaining: iters });
+        let mut pp = Box::new(PingPong {
+            main: std::mem::zeroed(),
+            other: std::mem::zeroed(),
+            remaining: iters,
+        });
         CURRENT = &mut *pp;
         libc::getcontext(&mut pp.other);
         pp.other.uc_stack.ss_sp = stack.usable_start() as *mut libc::c_void;
@@ -49,6 +54,6 @@ pub fn swapcontext_switch(iters: u64) -> Duration {
         }
         let d = start.elapsed();
         CURRENT = std::ptr::null_mut();
-        d / iters.max(1) as u32
+        Duration::from_nanos((d.as_nanos() / iters.max(1) as u128) as u64)
     }
 }

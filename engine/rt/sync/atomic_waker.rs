@@ -28,13 +28,19 @@ impl Default for AtomicWaker {
 
 impl AtomicWaker {
     pub const fn new() -> Self {
-        Self { state: AtomicUsize::new(IDLE), waker: UnsafeCell::new(None) }
+        Self {
+            state: AtomicUsize::new(IDLE),
+            waker: UnsafeCell::new(None),
+        }
     }
 
     /// Stores `w` to be woken by the next [`AtomicWaker::wake`]. If a wake
     /// races with the registration, `w` is woken at once.
     pub fn register(&self, w: &Waker) {
-        match self.state.compare_exchange(IDLE, REGISTERING, Ordering::Acquire, Ordering::Acquire) {
+        match self
+            .state
+            .compare_exchange(IDLE, REGISTERING, Ordering::Acquire, Ordering::Acquire)
+        {
             Ok(_) => {
                 // SAFETY: REGISTERING gives us exclusive access to `waker`.
                 unsafe {
@@ -44,7 +50,12 @@ impl AtomicWaker {
                         _ => *slot = Some(w.clone()),
                     }
                 }
-                if let Err(_actual) = self.state.compare_exchange(REGISTERING, IDLE, Ordering::AcqRel, Ordering::Acquire) {
+                if let Err(_actual) = self.state.compare_exchange(
+                    REGISTERING,
+                    IDLE,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
                     // A wake arrived while we registered (state is
                     // REGISTERING|WAKING): it left the waking to us.
                     // SAFETY: still exclusive until we store IDLE below.

@@ -34,11 +34,20 @@ pub struct Receiver<T> {
 pub fn channel<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
     let inner = Arc::new(Inner {
         cap: cap.max(1),
-        state: Mutex::new(State { queue: VecDeque::with_capacity(cap.clamp(1, 4096)), senders: 1, receivers: 1 }),
+        state: Mutex::new(State {
+            queue: VecDeque::with_capacity(cap.clamp(1, 4096)),
+            senders: 1,
+            receivers: 1,
+        }),
         senders_waiting: WaitQueue::new(),
         receivers_waiting: WaitQueue::new(),
     });
-    (Sender { inner: inner.clone() }, Receiver { inner })
+    (
+        Sender {
+            inner: inner.clone(),
+        },
+        Receiver { inner },
+    )
 }
 
 /// Every receiver is gone; the value comes back.
@@ -106,7 +115,11 @@ impl<T> Sender<T> {
     }
 
     pub fn send_async(&self, v: T) -> Send<'_, T> {
-        Send { tx: self, value: Some(v), ticket: None }
+        Send {
+            tx: self,
+            value: Some(v),
+            ticket: None,
+        }
     }
 }
 
@@ -158,7 +171,9 @@ impl<T> Drop for Send<'_, T> {
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
         self.inner.lock().senders += 1;
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -195,7 +210,10 @@ impl<T> Receiver<T> {
     }
 
     pub fn recv_async(&self) -> Recv<'_, T> {
-        Recv { rx: self, ticket: None }
+        Recv {
+            rx: self,
+            ticket: None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -250,7 +268,9 @@ impl<T> Drop for Recv<'_, T> {
 impl<T> Clone for Receiver<T> {
     fn clone(&self) -> Self {
         self.inner.lock().receivers += 1;
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 

@@ -64,7 +64,10 @@ impl Event {
     }
 
     pub fn wait_async(&self) -> Wait<'_> {
-        Wait { ev: self, ticket: None }
+        Wait {
+            ev: self,
+            ticket: None,
+        }
     }
 }
 

@@ -21,7 +21,11 @@ unsafe impl<T: ?Sized + Send> Sync for Mutex<T> {}
 
 impl<T> Mutex<T> {
     pub fn new(v: T) -> Self {
-        Self { locked: AtomicBool::new(false), waiters: WaitQueue::new(), value: UnsafeCell::new(v) }
+        Self {
+            locked: AtomicBool::new(false),
+            waiters: WaitQueue::new(),
+            value: UnsafeCell::new(v),
+        }
     }
 
     pub fn into_inner(self) -> T {
@@ -37,7 +41,10 @@ impl<T: ?Sized> Mutex<T> {
     }
 
     pub fn lock_async(&self) -> Lock<'_, T> {
-        Lock { m: self, ticket: None }
+        Lock {
+            m: self,
+            ticket: None,
+        }
     }
 
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
@@ -45,7 +52,9 @@ impl<T: ?Sized> Mutex<T> {
     }
 
     fn try_acquire(&self) -> bool {
-        self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
     pub fn get_mut(&mut self) -> &mut T {

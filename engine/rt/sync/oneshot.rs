@@ -37,8 +37,17 @@ impl std::fmt::Display for RecvError {
 impl std::error::Error for RecvError {}
 
 pub fn oneshot<T>() -> (OneshotSender<T>, OneshotReceiver<T>) {
-    let inner = Arc::new(Inner { state: AtomicU8::new(EMPTY), value: Mutex::new(None), waker: AtomicWaker::new() });
-    (OneshotSender { inner: Some(inner.clone()) }, OneshotReceiver { inner })
+    let inner = Arc::new(Inner {
+        state: AtomicU8::new(EMPTY),
+        value: Mutex::new(None),
+        waker: AtomicWaker::new(),
+    });
+    (
+        OneshotSender {
+            inner: Some(inner.clone()),
+        },
+        OneshotReceiver { inner },
+    )
 }
 
 impl<T> OneshotSender<T> {
@@ -72,7 +81,12 @@ impl<T> OneshotReceiver<T> {
 
     pub fn try_recv(&self) -> Option<T> {
         if self.inner.state.load(Ordering::Acquire) == FULL {
-            return self.inner.value.lock().unwrap_or_else(|e| e.into_inner()).take();
+            return self
+                .inner
+                .value
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
         }
         None
     }
@@ -82,7 +96,14 @@ impl<T> Future for OneshotReceiver<T> {
     type Output = Result<T, RecvError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let check = |inner: &Inner<T>| match inner.state.load(Ordering::Acquire) {
-            FULL => Some(inner.value.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or(RecvError)),
+            FULL => Some(
+                inner
+                    .value
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .ok_or(RecvError),
+            ),
             CLOSED => Some(Err(RecvError)),
             _ => None,
         };

@@ -13,7 +13,10 @@ pub struct Semaphore {
 
 impl Semaphore {
     pub fn new(permits: usize) -> Self {
-        Self { permits: AtomicUsize::new(permits), waiters: WaitQueue::new() }
+        Self {
+            permits: AtomicUsize::new(permits),
+            waiters: WaitQueue::new(),
+        }
     }
 
     pub fn available(&self) -> usize {
@@ -23,7 +26,12 @@ impl Semaphore {
     pub fn try_acquire(&self, n: usize) -> Option<SemaphorePermit<'_>> {
         let mut cur = self.permits.load(Ordering::Acquire);
         while cur >= n {
-            match self.permits.compare_exchange_weak(cur, cur - n, Ordering::AcqRel, Ordering::Acquire) {
+            match self.permits.compare_exchange_weak(
+                cur,
+                cur - n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Some(SemaphorePermit { sem: self, n }),
                 Err(c) => cur = c,
             }
@@ -37,7 +45,11 @@ impl Semaphore {
     }
 
     pub fn acquire_async(&self, n: usize) -> Acquire<'_> {
-        Acquire { sem: self, n, ticket: None }
+        Acquire {
+            sem: self,
+            n,
+            ticket: None,
+        }
     }
 
     /// Returns `n` permits (also done by dropping a [`SemaphorePermit`]).
