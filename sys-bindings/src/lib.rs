@@ -13,6 +13,7 @@ pub mod eventfd;
 pub mod guarded;
 pub mod net;
 pub mod segv;
+pub mod signals;
 pub mod timerfd;
 pub mod ucontext;
 
