@@ -4,3 +4,5 @@
 //! - `scsi`: the SCSI block command set, apart from any transport (issue 6);
 //! - `iscsi`: iSCSI (RFC 7143) over `scsi` (issue 6);
 //! - `nvmf`: NVMe over TCP (issue 7).
+
+pub mod server;
