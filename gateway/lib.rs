@@ -5,4 +5,5 @@
 //! - `iscsi`: iSCSI (RFC 7143) over `scsi` (issue 6);
 //! - `nvmf`: NVMe over TCP (issue 7).
 
+pub mod nbd;
 pub mod server;

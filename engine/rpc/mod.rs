@@ -33,7 +33,10 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// `-32602 Invalid parameters`, with what was wrong.
@@ -81,24 +84,43 @@ impl Registry {
     }
 
     /// Adds (or replaces) a method.
-    pub fn register(&self, name: &str, f: impl Fn(Option<Value>) -> Result<Value, RpcError> + Send + Sync + 'static) {
-        self.methods.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), Arc::new(f));
+    pub fn register(
+        &self,
+        name: &str,
+        f: impl Fn(Option<Value>) -> Result<Value, RpcError> + Send + Sync + 'static,
+    ) {
+        self.methods
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), Arc::new(f));
     }
 
     pub fn get(&self, name: &str) -> Option<Method> {
-        self.methods.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.methods
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Every method name, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.methods.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.methods
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Calls a method by name (the server does this for each request).
     pub fn call(&self, name: &str, params: Option<Value>) -> Result<Value, RpcError> {
         match self.get(name) {
             Some(m) => m(params),
-            None => Err(RpcError::new(codes::METHOD_NOT_FOUND, format!("Method not found: {name}"))),
+            None => Err(RpcError::new(
+                codes::METHOD_NOT_FOUND,
+                format!("Method not found: {name}"),
+            )),
         }
     }
 }
@@ -107,5 +129,6 @@ impl Registry {
 /// a message naming what is missing or wrong.
 pub fn parse_params<T: serde::de::DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
     let v = params.unwrap_or(Value::Object(Default::default()));
-    serde_json::from_value(v).map_err(|e| RpcError::invalid_params(format!("Invalid parameters: {e}")))
+    serde_json::from_value(v)
+        .map_err(|e| RpcError::invalid_params(format!("Invalid parameters: {e}")))
 }

@@ -22,8 +22,14 @@ pub struct MemVolume {
 
 impl MemVolume {
     pub fn new(name: &str, size: u64, block_size: u32) -> Arc<Self> {
-        assert!(block_size == 512 || block_size == 4096, "block size must be 512 or 4096");
-        assert!(size % block_size as u64 == 0, "size must be a multiple of the block size");
+        assert!(
+            block_size == 512 || block_size == 4096,
+            "block size must be 512 or 4096"
+        );
+        assert!(
+            size % block_size as u64 == 0,
+            "size must be a multiple of the block size"
+        );
         // A stable uuid derived from the name, so tests see the same ids.
         let h1 = crc32c::crc32c(name.as_bytes());
         let h2 = crc32c::crc32c_append(h1, b"ferrite-mem-volume");
@@ -83,15 +89,19 @@ impl MemVolume {
     }
 
     fn read_locked(&self, chunks: &HashMap<u64, Box<[u8]>>, offset: u64, buf: &mut [u8]) {
-        Self::for_each_piece(offset, buf.len() as u64, |idx, at, bo, n| match chunks.get(&idx) {
-            Some(c) => buf[bo..bo + n].copy_from_slice(&c[at..at + n]),
-            None => buf[bo..bo + n].fill(0),
+        Self::for_each_piece(offset, buf.len() as u64, |idx, at, bo, n| {
+            match chunks.get(&idx) {
+                Some(c) => buf[bo..bo + n].copy_from_slice(&c[at..at + n]),
+                None => buf[bo..bo + n].fill(0),
+            }
         });
     }
 
     fn write_locked(chunks: &mut HashMap<u64, Box<[u8]>>, offset: u64, data: &[u8]) {
         Self::for_each_piece(offset, data.len() as u64, |idx, at, bo, n| {
-            let c = chunks.entry(idx).or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
+            let c = chunks
+                .entry(idx)
+                .or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
             c[at..at + n].copy_from_slice(&data[bo..bo + n]);
         });
     }
@@ -160,7 +170,10 @@ impl BlockVolume for MemVolume {
         let mut cur = vec![0u8; compare.len()];
         self.read_locked(&chunks, offset, &mut cur);
         if let Some(i) = cur.iter().zip(compare).position(|(a, b)| a != b) {
-            return Err(IoError::CompareMismatch { volume: self.name.clone(), offset: offset + i as u64 });
+            return Err(IoError::CompareMismatch {
+                volume: self.name.clone(),
+                offset: offset + i as u64,
+            });
         }
         Self::write_locked(&mut chunks, offset, write);
         Ok(())
@@ -187,21 +200,38 @@ impl MemProvider {
     }
 
     pub fn add(&self, v: Arc<MemVolume>) {
-        self.vols.write().unwrap_or_else(|e| e.into_inner()).insert(v.name.clone(), v);
+        self.vols
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(v.name.clone(), v);
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<MemVolume>> {
-        self.vols.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.vols
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 }
 
 impl VolumeProvider for MemProvider {
     fn open(&self, name: &str) -> Result<Arc<dyn BlockVolume>, IoError> {
-        self.get(name).map(|v| v as Arc<dyn BlockVolume>).ok_or_else(|| IoError::Gone { volume: name.to_string() })
+        self.get(name)
+            .map(|v| v as Arc<dyn BlockVolume>)
+            .ok_or_else(|| IoError::Gone {
+                volume: name.to_string(),
+            })
     }
 
     fn list(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.vols.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let mut v: Vec<String> = self
+            .vols
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         v.sort();
         v
     }
@@ -223,15 +253,24 @@ mod tests {
         v.write_zeroes(65536, 65536, true).unwrap();
         v.read(65536, &mut back[..512]).unwrap();
         assert!(back[..512].iter().all(|&b| b == 0));
-        assert!(matches!(v.read(1 << 20, &mut back[..512]), Err(IoError::OutOfRange { .. })));
-        assert!(matches!(v.read(1, &mut back[..512]), Err(IoError::Misaligned { .. })));
+        assert!(matches!(
+            v.read(1 << 20, &mut back[..512]),
+            Err(IoError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            v.read(1, &mut back[..512]),
+            Err(IoError::Misaligned { .. })
+        ));
     }
 
     #[test]
     fn compare_and_write_is_all_or_nothing() {
         let v = MemVolume::new("caw", 1 << 20, 512);
         v.write(0, &[7u8; 512]).unwrap();
-        assert!(matches!(v.compare_and_write(0, &[8u8; 512], &[9u8; 512]), Err(IoError::CompareMismatch { offset: 0, .. })));
+        assert!(matches!(
+            v.compare_and_write(0, &[8u8; 512], &[9u8; 512]),
+            Err(IoError::CompareMismatch { offset: 0, .. })
+        ));
         v.compare_and_write(0, &[7u8; 512], &[9u8; 512]).unwrap();
         let mut b = [0u8; 512];
         v.read(0, &mut b).unwrap();

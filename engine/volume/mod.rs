@@ -20,13 +20,29 @@ use std::sync::Arc;
 pub enum IoError {
     /// The range is not inside the volume.
     #[error("volume {volume}: range {offset}+{len} is beyond its end ({size} bytes)")]
-    OutOfRange { volume: String, offset: u64, len: u64, size: u64 },
+    OutOfRange {
+        volume: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
     /// Offset or length is not a multiple of the logical block size.
-    #[error("volume {volume}: range {offset}+{len} is not aligned to its {block_size}-byte blocks")]
-    Misaligned { volume: String, offset: u64, len: u64, block_size: u32 },
+    #[error(
+        "volume {volume}: range {offset}+{len} is not aligned to its {block_size}-byte blocks"
+    )]
+    Misaligned {
+        volume: String,
+        offset: u64,
+        len: u64,
+        block_size: u32,
+    },
     /// Stored data failed its checksum and no good copy could be read.
     #[error("volume {volume}: checksum mismatch in extent {extent} at offset {offset}")]
-    Checksum { volume: String, extent: u64, offset: u64 },
+    Checksum {
+        volume: String,
+        extent: u64,
+        offset: u64,
+    },
     /// No space left to allocate the blocks of this write.
     #[error("volume {volume}: no space left ({detail})")]
     NoSpace { volume: String, detail: String },
@@ -113,11 +129,21 @@ pub trait BlockVolume: Send + Sync {
 pub fn check_range(info: &VolumeInfo, offset: u64, len: u64) -> Result<(), IoError> {
     let bs = info.block_size as u64;
     if offset % bs != 0 || len % bs != 0 {
-        return Err(IoError::Misaligned { volume: info.name.clone(), offset, len, block_size: info.block_size });
+        return Err(IoError::Misaligned {
+            volume: info.name.clone(),
+            offset,
+            len,
+            block_size: info.block_size,
+        });
     }
     match offset.checked_add(len) {
         Some(end) if end <= info.size => Ok(()),
-        _ => Err(IoError::OutOfRange { volume: info.name.clone(), offset, len, size: info.size }),
+        _ => Err(IoError::OutOfRange {
+            volume: info.name.clone(),
+            offset,
+            len,
+            size: info.size,
+        }),
     }
 }
 

@@ -1,0 +1,257 @@
+//! The transmission phase: a reader coroutine takes requests off the
+//! connection; every I/O runs in a coroutine of its own so that many are in
+//! flight at once; replies leave through one lock so frames never interleave.
+
+use super::handshake::{discard, Negotiated, MAX_REQUEST_LEN};
+use super::proto::*;
+use super::ExportStats;
+use ferrite_engine::rt::{self, sync};
+use ferrite_engine::volume::{BlockVolume, IoError};
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Requests in flight per connection: bounds the memory one client can pin.
+const MAX_IN_FLIGHT: usize = 128;
+
+struct Conn {
+    sock: rt::net::TcpStream,
+    writer: sync::Mutex<()>,
+    structured: bool,
+    volume: Arc<dyn BlockVolume>,
+    stats: Arc<ExportStats>,
+    in_flight: sync::Semaphore,
+}
+
+impl Conn {
+    fn send(&self, parts: &[&[u8]]) -> io::Result<()> {
+        let _g = self.writer.lock();
+        self.sock.write_all_vectored(parts)
+    }
+
+    /// Answers a request that failed, with a message when the client
+    /// negotiated structured replies.
+    fn send_error(&self, cookie: u64, errno: u32, msg: &str) -> io::Result<()> {
+        if self.structured {
+            let m = &msg.as_bytes()[..msg.len().min(4096)];
+            let mut payload = Vec::with_capacity(6 + m.len());
+            payload.extend_from_slice(&errno.to_be_bytes());
+            payload.extend_from_slice(&(m.len() as u16).to_be_bytes());
+            payload.extend_from_slice(m);
+            let h = structured_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_ERROR,
+                cookie,
+                payload.len() as u32,
+            );
+            self.send(&[&h, &payload])
+        } else {
+            self.send(&[&simple_reply(errno, cookie)])
+        }
+    }
+
+    fn send_ok(&self, cookie: u64) -> io::Result<()> {
+        if self.structured {
+            self.send(&[&structured_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_NONE,
+                cookie,
+                0,
+            )])
+        } else {
+            self.send(&[&simple_reply(0, cookie)])
+        }
+    }
+
+    fn send_data(&self, cookie: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.structured {
+            let h = structured_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                cookie,
+                8 + data.len() as u32,
+            );
+            self.send(&[&h, &offset.to_be_bytes(), data])
+        } else {
+            self.send(&[&simple_reply(0, cookie), data])
+        }
+    }
+
+    fn reply(&self, cookie: u64, r: Result<(), IoError>, is_write: bool) {
+        let sent = match r {
+            Ok(()) => self.send_ok(cookie),
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.send_error(cookie, errno_of(&e, is_write), &e.to_string())
+            }
+        };
+        if let Err(e) = sent {
+            log::debug!("nbd: reply failed: {e}");
+        }
+    }
+}
+
+/// The protocol's error number for a volume error.
+pub fn errno_of(e: &IoError, is_write: bool) -> u32 {
+    match e {
+        // The protocol asks for ENOSPC on writes past the end, EINVAL on reads.
+        IoError::OutOfRange { .. } if is_write => ENOSPC,
+        IoError::OutOfRange { .. } | IoError::Misaligned { .. } => EINVAL,
+        IoError::NoSpace { .. } => ENOSPC,
+        IoError::Gone { .. } => ESHUTDOWN,
+        IoError::Checksum { .. }
+        | IoError::Device { .. }
+        | IoError::Unavailable { .. }
+        | IoError::CompareMismatch { .. } => EIO,
+    }
+}
+
+/// Serves requests until the client disconnects (NBD_CMD_DISC or EOF), a
+/// protocol error, or the export is stopped (the socket is shut down).
+pub fn serve(sock: rt::net::TcpStream, neg: Negotiated, stats: Arc<ExportStats>) {
+    let conn = Rc::new(Conn {
+        sock,
+        writer: sync::Mutex::new(()),
+        structured: neg.structured,
+        volume: neg.volume,
+        stats,
+        in_flight: sync::Semaphore::new(MAX_IN_FLIGHT),
+    });
+    if let Err(e) = request_loop(&conn) {
+        if e.kind() != io::ErrorKind::UnexpectedEof {
+            log::info!("nbd: closing a connection to export '{}': {e}", neg.export);
+        }
+    }
+    // Let requests in flight finish before the socket goes away.
+    conn.in_flight.acquire(MAX_IN_FLIGHT).forget();
+}
+
+fn request_loop(conn: &Rc<Conn>) -> io::Result<()> {
+    let mut hdr = [0u8; REQUEST_LEN];
+    loop {
+        conn.sock.read_exact(&mut hdr)?;
+        let req = parse_request(&hdr).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let size = conn.volume.info().size;
+        match req.kind {
+            CMD_READ | CMD_WRITE if req.len > MAX_REQUEST_LEN => {
+                if req.kind == CMD_WRITE {
+                    discard(&conn.sock, req.len as u64, None)?;
+                }
+                let msg = format!(
+                    "request of {} bytes exceeds the maximum of {} bytes",
+                    req.len, MAX_REQUEST_LEN
+                );
+                conn.send_error(req.cookie, EOVERFLOW, &msg)?;
+            }
+            CMD_READ => {
+                if let Some(msg) = out_of_range(req.offset, req.len as u64, size) {
+                    conn.send_error(req.cookie, EINVAL, &msg)?;
+                    continue;
+                }
+                spawn_io(conn, move |c| {
+                    let mut buf = vec![0u8; req.len as usize];
+                    match c.volume.read(req.offset, &mut buf) {
+                        Ok(()) => {
+                            c.stats.reads.fetch_add(1, Ordering::Relaxed);
+                            c.stats
+                                .read_bytes
+                                .fetch_add(req.len as u64, Ordering::Relaxed);
+                            if let Err(e) = c.send_data(req.cookie, req.offset, &buf) {
+                                log::debug!("nbd: read reply failed: {e}");
+                            }
+                        }
+                        Err(e) => c.reply(req.cookie, Err(e), false),
+                    }
+                });
+            }
+            CMD_WRITE => {
+                // The payload must come off the socket before the next header.
+                let mut buf = vec![0u8; req.len as usize];
+                conn.sock.read_exact(&mut buf)?;
+                if let Some(msg) = out_of_range(req.offset, req.len as u64, size) {
+                    conn.send_error(req.cookie, ENOSPC, &msg)?;
+                    continue;
+                }
+                spawn_io(conn, move |c| {
+                    // Writes are durable when they return, FUA or not.
+                    let r = c.volume.write(req.offset, &buf);
+                    if r.is_ok() {
+                        c.stats.writes.fetch_add(1, Ordering::Relaxed);
+                        c.stats
+                            .write_bytes
+                            .fetch_add(req.len as u64, Ordering::Relaxed);
+                    }
+                    c.reply(req.cookie, r, true);
+                });
+            }
+            CMD_DISC => return Ok(()),
+            CMD_FLUSH => spawn_io(conn, move |c| c.reply(req.cookie, c.volume.flush(), true)),
+            CMD_TRIM => {
+                if let Some(msg) = out_of_range(req.offset, req.len as u64, size) {
+                    conn.send_error(req.cookie, EINVAL, &msg)?;
+                    continue;
+                }
+                spawn_io(conn, move |c| {
+                    c.reply(req.cookie, c.volume.unmap(req.offset, req.len as u64), true)
+                });
+            }
+            CMD_WRITE_ZEROES => {
+                if let Some(msg) = out_of_range(req.offset, req.len as u64, size) {
+                    conn.send_error(req.cookie, ENOSPC, &msg)?;
+                    continue;
+                }
+                let deallocate = req.flags & CMD_FLAG_NO_HOLE == 0;
+                if !deallocate && req.flags & CMD_FLAG_FAST_ZERO != 0 {
+                    // Zeroes that must stay allocated are written block by
+                    // block: not fast, so the client asked us to refuse.
+                    conn.send_error(
+                        req.cookie,
+                        ENOTSUP,
+                        "allocated zeroes are not fast on this export",
+                    )?;
+                    continue;
+                }
+                spawn_io(conn, move |c| {
+                    c.reply(
+                        req.cookie,
+                        c.volume
+                            .write_zeroes(req.offset, req.len as u64, deallocate),
+                        true,
+                    )
+                });
+            }
+            CMD_CACHE => conn.send_ok(req.cookie)?,
+            other => {
+                conn.send_error(
+                    req.cookie,
+                    EINVAL,
+                    &format!("command {other} is not supported"),
+                )?;
+            }
+        }
+    }
+}
+
+fn out_of_range(offset: u64, len: u64, size: u64) -> Option<String> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => None,
+        _ => Some(format!(
+            "range {offset}+{len} is beyond the end of the export ({size} bytes)"
+        )),
+    }
+}
+
+/// Runs one request in a coroutine of its own, bounded by the in-flight limit.
+fn spawn_io(conn: &Rc<Conn>, f: impl FnOnce(&Conn) + 'static) {
+    conn.in_flight.acquire(1).forget();
+    let c = conn.clone();
+    let spawned = rt::Builder::new().static_name("nbd-io").spawn(move || {
+        f(&c);
+        c.in_flight.release(1);
+    });
+    if let Err(e) = spawned {
+        log::error!("nbd: cannot start a request coroutine: {e}");
+        conn.in_flight.release(1);
+    }
+}
