@@ -28,7 +28,12 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 impl TcpServer {
     /// Binds `addr` on reactor 0 and starts accepting. Connections are
     /// spread over the runtime's reactors round robin.
-    pub fn start(handle: &Handle, name: &'static str, addr: SocketAddr, on_conn: ConnHandler) -> io::Result<Self> {
+    pub fn start(
+        handle: &Handle,
+        name: &'static str,
+        addr: SocketAddr,
+        on_conn: ConnHandler,
+    ) -> io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
@@ -51,9 +56,13 @@ impl TcpServer {
                         let r = next.fetch_add(1, Ordering::Relaxed) % h2.reactor_count();
                         let on_conn = on_conn.clone();
                         h2.post(r, move || {
-                            let spawned = rt::Builder::new().static_name(name).spawn(move || match rt::net::TcpStream::from_std(sock) {
-                                Ok(s) => on_conn(s, peer),
-                                Err(e) => log::warn!("{name}: adopting a connection from {peer}: {e}"),
+                            let spawned = rt::Builder::new().static_name(name).spawn(move || {
+                                match rt::net::TcpStream::from_std(sock) {
+                                    Ok(s) => on_conn(s, peer),
+                                    Err(e) => {
+                                        log::warn!("{name}: adopting a connection from {peer}: {e}")
+                                    }
+                                }
                             });
                             if let Err(e) = spawned {
                                 log::error!("{name}: cannot serve a connection from {peer}: {e}");
@@ -71,10 +80,20 @@ impl TcpServer {
         });
         let bound = match rx.recv() {
             Ok(r) => r?,
-            Err(_) => return Err(io::Error::other(format!("{name}: the acceptor died before binding"))),
+            Err(_) => {
+                return Err(io::Error::other(format!(
+                    "{name}: the acceptor died before binding"
+                )))
+            }
         };
         log::info!("{name}: listening on {bound}");
-        Ok(Self { name, addr: bound, stop, accepted, acceptor: Some(acceptor) })
+        Ok(Self {
+            name,
+            addr: bound,
+            stop,
+            accepted,
+            acceptor: Some(acceptor),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

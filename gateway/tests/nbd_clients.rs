@@ -162,6 +162,7 @@ fn fio_nbd_engine_verifies_with_several_connections() {
                 "--verify=crc32c",
                 "--verify_fatal=1",
                 "--do_verify=1",
+                "--verify_state_save=0",
                 "--output-format=terse",
                 "--terse-version=3",
             ]))
