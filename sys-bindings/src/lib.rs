@@ -8,6 +8,7 @@
 //! Each `unsafe` block carries a `// SAFETY:` line saying why it is sound.
 
 pub mod affinity;
+pub mod dma;
 pub mod epoll;
 pub mod eventfd;
 pub mod guarded;
