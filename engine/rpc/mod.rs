@@ -7,6 +7,7 @@
 //! coroutine and may park (call the meta service, wait for I/O).
 
 pub mod server;
+pub mod spdk;
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

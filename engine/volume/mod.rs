@@ -10,6 +10,7 @@
 //! Errors carry context (which volume, which extent, which offset) and map
 //! to protocol status codes in each front end.
 
+pub mod client;
 pub mod mem;
 
 use std::fmt;
