@@ -39,6 +39,9 @@ impl DmaRegion {
         }
         if try_hugetlb {
             let hlen = len.div_ceil(HUGEPAGE_SIZE) * HUGEPAGE_SIZE;
+            // No MAP_NORESERVE here: hugepages are reserved at mmap time, so
+            // a machine without enough of them fails now rather than with a
+            // SIGBUS at first touch.
             if let Ok(base) = map(hlen, libc::MAP_HUGETLB) {
                 return Ok(Self {
                     base,
@@ -88,7 +91,7 @@ fn map(len: usize, extra: libc::c_int) -> io::Result<*mut u8> {
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | extra,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
             -1,
             0,
         )
