@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 CARGO_FLAGS ?= --release --workspace
 BIN := target/release
 
-.PHONY: all deps build run test unit-test bench bench-rt clean fmt lint
+.PHONY: all deps build run test unit-test bench bench-rt clean fmt lint test-aarch64
 
 all: build
 
@@ -35,6 +35,15 @@ bench: bench-rt
 
 bench-rt: build
 	$(BIN)/bench-rt
+
+# The runtime's tests on aarch64 under qemu-user (not part of `make test`:
+# it needs the cross toolchain: gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+# qemu-user, and `rustup target add aarch64-unknown-linux-gnu`).
+test-aarch64:
+	CARGO_TARGET_DIR=target-aarch64 \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+	$(CARGO) test --release -p ferrite-engine --target aarch64-unknown-linux-gnu --test rt_basics --test rt_process
 
 fmt:
 	$(CARGO) fmt --all

@@ -197,7 +197,7 @@ fn bounded_channel_applies_backpressure_across_reactors() {
         }
     });
     producer.join().unwrap();
-    assert_eq!(consumer.join().unwrap(), (0..10_000u64).sum());
+    assert_eq!(consumer.join().unwrap(), (0..10_000u64).sum::<u64>());
     assert!(max_len.load(Ordering::Relaxed) <= 4);
 }
 

@@ -199,7 +199,7 @@ fn stress_100k_coroutines_ping_pong_and_futures() {
         })
         .join()
         .unwrap();
-    assert_eq!(n, (0..20_000u64).map(|i| i % 3).sum());
+    assert_eq!(n, (0..20_000u64).map(|i| i % 3).sum::<u64>());
 
     // Mixed: tasks awaiting coroutines awaiting tasks, across reactors.
     let h3 = h.clone();
@@ -215,6 +215,6 @@ fn stress_100k_coroutines_ping_pong_and_futures() {
         })
         .join()
         .unwrap();
-    assert_eq!(total, (0..2000u64).map(|i| i * 3).sum());
+    assert_eq!(total, (0..2000u64).map(|i| i * 3).sum::<u64>());
     eprintln!("stress run took {:?}", start.elapsed());
 }
