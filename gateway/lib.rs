@@ -6,4 +6,6 @@
 //! - `nvmf`: NVMe over TCP (issue 7).
 
 pub mod nbd;
+pub mod iscsi;
+pub mod scsi;
 pub mod server;
