@@ -6,7 +6,7 @@ set -euo pipefail
 
 # Debian packages: build tools, etcd, and the real clients the tests drive.
 PKGS=(
-  build-essential pkg-config protobuf-compiler clang libclang-dev
+  build-essential pkg-config protobuf-compiler libprotobuf-dev clang libclang-dev
   etcd-server etcd-client
   fio qemu-utils libnbd-bin nbdkit
   libiscsi-bin tgt
