@@ -6,6 +6,7 @@
 //! coroutines of [`rt`]; [`rpc`] is the control socket.
 
 pub mod bdev;
+pub mod cluster;
 pub mod metrics;
 pub mod replica;
 pub mod rpc;
