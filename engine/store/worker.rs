@@ -1,0 +1,1541 @@
+//! A worker: the extents hashed to one journal, served on one reactor.
+//!
+//! Everything here runs in coroutines on the worker's reactor; the state
+//! sits behind a `std::sync::Mutex` that is uncontended in practice (the
+//! reactor is the only user, other threads only read statistics) and is
+//! never held across a park.
+//!
+//! # Three background coroutines
+//! - The *committer* takes queued operations in order, resolves them
+//!   against the current map (home blocks for journaled writes, validity),
+//!   applies them to the in-memory map, writes them as one journal batch and
+//!   flushes: one device flush per batch of concurrent operations (group
+//!   commit). Only one batch is in flight, which is what lets replay trust
+//!   every batch but the last. Between batches, when the journal is half
+//!   full or someone asked, it snapshots the map for a checkpoint: at that
+//!   moment every applied operation is durable, so the snapshot is exactly
+//!   the state at its journal position.
+//! - The *home writer* copies journaled blocks, once durable, from memory
+//!   to their home blocks (an overwrite of a mapped block goes in place; the
+//!   journal copy covers a torn home write).
+//! - The *checkpointer* waits until every block journaled before the
+//!   snapshot's position is home, flushes, writes the snapshot to the older
+//!   slot, flushes, and only then trims the journal and releases the blocks
+//!   that mappings stopped pointing to before that position (quarantine:
+//!   reusing them earlier could overwrite data that a crash would bring
+//!   back).
+
+use super::allocator::Allocator;
+use super::checkpoint;
+use super::error::StoreError;
+use super::extent::{Entry, Extent, Pba};
+use super::journal::{self, JournalId, Record};
+use super::pattern::{Pattern, Stream, WriteMode};
+use super::superblock::Superblock;
+use super::StoreOptions;
+use crate::bdev::{BlockDevice, DmaBuf, IoOp, BLOCK_SIZE};
+use crate::rt;
+use crate::rt::sync::Event;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const BS: u64 = BLOCK_SIZE;
+
+/// What all workers of a store share.
+pub(crate) struct Shared {
+    pub devices: Vec<Arc<dyn BlockDevice>>,
+    pub sb: Superblock,
+    pub opts: StoreOptions,
+    pub alloc: Mutex<Allocator>,
+    pub rt: rt::Handle,
+    pub closed: AtomicBool,
+    pub user_written: AtomicU64,
+    pub user_read: AtomicU64,
+    pub journal_bytes: AtomicU64,
+    pub home_bytes: AtomicU64,
+    pub direct_bytes: AtomicU64,
+    pub checkpoint_bytes: AtomicU64,
+    pub checksum_errors: AtomicU64,
+    pub batches: AtomicU64,
+    pub checkpoints: AtomicU64,
+    /// The workers, for reclaiming space across them.
+    pub workers: std::sync::OnceLock<Vec<std::sync::Weak<Worker>>>,
+}
+
+impl Shared {
+    pub(crate) fn alloc(&self) -> MutexGuard<'_, Allocator> {
+        self.alloc.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn dev_name(&self, d: usize) -> String {
+        self.devices
+            .get(d)
+            .map_or_else(|| format!("#{d}"), |x| x.info().name.clone())
+    }
+
+    /// Runs `ops` on device `d`; the first failure becomes a store error.
+    pub(crate) fn run_ops(&self, d: usize, ops: Vec<IoOp>) -> Result<Vec<IoOp>, StoreError> {
+        let done = self.devices[d].submit(ops);
+        let mut out = Vec::with_capacity(done.len());
+        let mut err = None;
+        for x in done {
+            if let Err(e) = &x.result {
+                if err.is_none() {
+                    let off = x.op.range().map_or(0, |r| r.0);
+                    err = Some(StoreError::io(&self.dev_name(d), off, e));
+                }
+            }
+            out.push(x.op);
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Flushes the devices in `mask` (bit d = device d).
+    pub(crate) fn flush(&self, mask: u64) -> Result<(), StoreError> {
+        for d in 0..self.devices.len() {
+            if mask & (1 << d) != 0 {
+                self.run_ops(d, vec![IoOp::Flush])?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn all_devices(&self) -> u64 {
+        (1u64 << self.devices.len()) - 1
+    }
+
+    /// Frees never-referenced blocks (a failed or abandoned allocation).
+    fn free_runs(&self, runs: &[(Pba, u64)]) {
+        let mut a = self.alloc();
+        for &(p, n) in runs {
+            for i in 0..n {
+                a.free(p.add(i));
+            }
+        }
+    }
+}
+
+/// The outcome of an operation, for whoever waits on it.
+pub(crate) struct Completion {
+    ev: Event,
+    res: Mutex<Option<Result<(), StoreError>>>,
+}
+
+impl Completion {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            ev: Event::new(),
+            res: Mutex::new(None),
+        })
+    }
+    pub(crate) fn complete(&self, r: Result<(), StoreError>) {
+        *self.res.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        self.ev.set();
+    }
+    pub(crate) fn wait(&self) -> Result<(), StoreError> {
+        self.ev.wait();
+        self.res
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+/// A queued metadata change (what the committer turns into records).
+pub(crate) enum OpKind {
+    Create {
+        size: u64,
+        generation: u64,
+    },
+    Delete,
+    SetGen(u64),
+    /// Journaled write; `reserved` are blocks allocated for the blocks that
+    /// were unmapped when the write was queued.
+    JWrite {
+        lblock: u64,
+        bufs: Vec<Arc<DmaBuf>>,
+        crcs: Vec<u32>,
+        reserved: Vec<Pba>,
+    },
+    /// Data already written to `runs`.
+    Map {
+        lblock: u64,
+        runs: Vec<(Pba, u64)>,
+        crcs: Vec<u32>,
+    },
+    Unmap {
+        lblock: u64,
+        count: u64,
+    },
+}
+
+pub(crate) struct PendingOp {
+    pub id: u64,
+    pub kind: OpKind,
+    pub done: Vec<Arc<Completion>>,
+}
+
+/// A block journaled but not yet home.
+struct Dirty {
+    buf: Arc<DmaBuf>,
+    pba: Pba,
+    /// Journal position of the batch holding this version.
+    lpos: u64,
+    version: u64,
+    durable: bool,
+    inflight: bool,
+}
+
+/// A snapshot waiting to be written.
+struct CkptJob {
+    journal_lpos: u64,
+    image: Vec<u8>,
+    waiters: Vec<Arc<Completion>>,
+}
+
+/// How a worker starts (from format or recovery).
+pub(crate) struct WorkerInit {
+    pub extents: HashMap<u64, Extent>,
+    pub head: u64,
+    pub tail: u64,
+    pub ckpt_seq: u64,
+}
+
+struct WState {
+    extents: HashMap<u64, Extent>,
+    patterns: HashMap<u64, Pattern>,
+    cache: HashMap<(u64, u64), Dirty>,
+    next_version: u64,
+    pending: VecDeque<PendingOp>,
+    home_queue: VecDeque<((u64, u64), u64)>,
+    home_inflight: usize,
+    /// Blocks no mapping points to any more, with the journal position
+    /// after which they may be reused.
+    quarantine: Vec<(u64, Pba)>,
+    head: u64,
+    tail: u64,
+    ckpt_seq: u64,
+    ckpt_waiters: Vec<Arc<Completion>>,
+    ckpt_job: Option<CkptJob>,
+    failed: Option<String>,
+    stop: bool,
+    stopped: usize,
+}
+
+/// One worker of a store.
+pub(crate) struct Worker {
+    pub id: usize,
+    pub reactor: usize,
+    pub sh: Arc<Shared>,
+    jid: JournalId,
+    st: Mutex<WState>,
+    commit_ev: Event,
+    home_ev: Event,
+    home_done_ev: Event,
+    ckpt_ev: Event,
+    stopped_ev: Event,
+}
+
+/// Background coroutines per worker.
+const BACKGROUND: usize = 3;
+
+impl Worker {
+    pub(crate) fn new(id: usize, reactor: usize, sh: Arc<Shared>, init: WorkerInit) -> Arc<Worker> {
+        let jid = JournalId {
+            uuid: sh.sb.uuid,
+            worker: id as u32,
+        };
+        Arc::new(Worker {
+            id,
+            reactor,
+            jid,
+            sh,
+            st: Mutex::new(WState {
+                extents: init.extents,
+                patterns: HashMap::new(),
+                cache: HashMap::new(),
+                next_version: 1,
+                pending: VecDeque::new(),
+                home_queue: VecDeque::new(),
+                home_inflight: 0,
+                quarantine: Vec::new(),
+                head: init.head,
+                tail: init.tail,
+                ckpt_seq: init.ckpt_seq,
+                ckpt_waiters: Vec::new(),
+                ckpt_job: None,
+                failed: None,
+                stop: false,
+                stopped: 0,
+            }),
+            commit_ev: Event::new(),
+            home_ev: Event::new(),
+            home_done_ev: Event::new(),
+            ckpt_ev: Event::new(),
+            stopped_ev: Event::new(),
+        })
+    }
+
+    fn st(&self) -> MutexGuard<'_, WState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn jblocks(&self) -> u64 {
+        self.sh.sb.journal_blocks
+    }
+
+    /// Device-0 byte offset of journal position `lpos`.
+    fn jphys(&self, lpos: u64) -> u64 {
+        (self.sh.sb.journal_of(self.id) + lpos % self.jblocks()) * BS
+    }
+
+    /// Starts the background coroutines on the worker's reactor.
+    pub(crate) fn start(self: &Arc<Self>) {
+        let h = self.sh.rt.clone();
+        for role in 0..BACKGROUND {
+            let w = self.clone();
+            drop(h.spawn_on(self.reactor, move || {
+                match role {
+                    0 => w.committer(),
+                    1 => w.home_writer(),
+                    _ => w.checkpointer(),
+                }
+                let mut st = w.st();
+                st.stopped += 1;
+                if st.stopped == BACKGROUND {
+                    w.stopped_ev.set();
+                }
+            }));
+        }
+    }
+
+    fn check_usable(&self) -> Result<(), StoreError> {
+        if self.sh.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        if let Some(r) = &self.st().failed {
+            return Err(StoreError::Failed {
+                worker: self.id,
+                reason: r.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn fail(&self, why: &StoreError) {
+        log::error!(
+            "store worker {}: {why}; failing further operations",
+            self.id
+        );
+        let mut st = self.st();
+        if st.failed.is_none() {
+            st.failed = Some(why.to_string());
+        }
+        drop(st);
+        self.commit_ev.set();
+        self.home_ev.set();
+        self.home_done_ev.set();
+        self.ckpt_ev.set();
+    }
+
+    /// Queues an operation and waits until it is durable (or failed).
+    fn commit(&self, op: PendingOp) -> Result<(), StoreError> {
+        let c = Completion::new();
+        let mut op = op;
+        op.done.push(c.clone());
+        self.enqueue(op);
+        c.wait()
+    }
+
+    fn enqueue(&self, op: PendingOp) {
+        self.st().pending.push_back(op);
+        self.commit_ev.set();
+    }
+
+    // ----- extent operations -------------------------------------------------
+
+    pub(crate) fn create(&self, id: u64, size: u64) -> Result<(), StoreError> {
+        self.check_usable()?;
+        {
+            let st = self.st();
+            if st.extents.contains_key(&id) {
+                return Err(StoreError::ExtentExists { extent: id });
+            }
+            let cap = (self.sh.sb.ckpt_blocks - 1) * BS;
+            let need = checkpoint::size_bound(&st.extents) + 32 + 24 * (size / BS);
+            if need > cap {
+                return Err(StoreError::NoMetadataSpace {
+                    extent: id,
+                    capacity: cap,
+                });
+            }
+        }
+        self.commit(PendingOp {
+            id,
+            kind: OpKind::Create {
+                size,
+                generation: 0,
+            },
+            done: Vec::new(),
+        })
+    }
+
+    pub(crate) fn delete(&self, id: u64) -> Result<(), StoreError> {
+        self.check_usable()?;
+        self.extent_size(id)?;
+        self.commit(PendingOp {
+            id,
+            kind: OpKind::Delete,
+            done: Vec::new(),
+        })
+    }
+
+    pub(crate) fn set_generation(&self, id: u64, gen: u64) -> Result<(), StoreError> {
+        self.check_usable()?;
+        self.extent_size(id)?;
+        self.commit(PendingOp {
+            id,
+            kind: OpKind::SetGen(gen),
+            done: Vec::new(),
+        })
+    }
+
+    pub(crate) fn unmap(&self, id: u64, offset: u64, len: u64) -> Result<(), StoreError> {
+        self.check_usable()?;
+        self.check_range(id, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.commit(PendingOp {
+            id,
+            kind: OpKind::Unmap {
+                lblock: offset / BS,
+                count: len / BS,
+            },
+            done: Vec::new(),
+        })
+    }
+
+    fn extent_size(&self, id: u64) -> Result<u64, StoreError> {
+        self.st()
+            .extents
+            .get(&id)
+            .map(|x| x.size)
+            .ok_or(StoreError::NoSuchExtent { extent: id })
+    }
+
+    fn check_range(&self, id: u64, offset: u64, len: u64) -> Result<(), StoreError> {
+        if offset % BS != 0 || len % BS != 0 {
+            return Err(StoreError::Misaligned {
+                extent: id,
+                offset,
+                len,
+                align: BS,
+            });
+        }
+        let size = self.extent_size(id)?;
+        if offset.checked_add(len).is_none_or(|e| e > size) {
+            return Err(StoreError::OutOfRange {
+                extent: id,
+                offset,
+                len,
+                size,
+            });
+        }
+        Ok(())
+    }
+
+    /// `(id, size, allocated bytes, generation)` of every extent.
+    pub(crate) fn list(&self) -> Vec<(u64, u64, u64, u64)> {
+        self.st()
+            .extents
+            .iter()
+            .map(|(id, x)| (*id, x.size, x.mapped_blocks() * BS, x.generation))
+            .collect()
+    }
+
+    // ----- write path --------------------------------------------------------
+
+    pub(crate) fn write(
+        self: &Arc<Self>,
+        id: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        self.check_usable()?;
+        let len = data.len() as u64;
+        self.check_range(id, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let opts = &self.sh.opts;
+        let mode = {
+            let mut st = self.st();
+            let p = st.patterns.entry(id).or_default();
+            let m = p.classify(offset, len, opts.direct_write_min, opts.merge_max);
+            p.inflight += 1;
+            m
+        };
+        let lblock = offset / BS;
+        let mut bufs = Vec::with_capacity((len / BS) as usize);
+        let mut crcs = Vec::with_capacity((len / BS) as usize);
+        for chunk in data.chunks(BS as usize) {
+            crcs.push(crc32c::crc32c(chunk));
+            bufs.push(Arc::new(DmaBuf::copy_from(chunk)));
+        }
+        let r = match mode {
+            WriteMode::Journal => self.journal_write(id, lblock, bufs, crcs),
+            WriteMode::Direct => self.direct_write(id, lblock, bufs, crcs, Vec::new()),
+            WriteMode::Hold => self.hold_write(id, lblock, bufs, crcs),
+        };
+        if let Some(p) = self.st().patterns.get_mut(&id) {
+            p.inflight = p.inflight.saturating_sub(1);
+        }
+        if r.is_ok() {
+            self.sh.user_written.fetch_add(len, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Allocates `n` blocks, reclaiming quarantined space (a checkpoint of
+    /// every worker) once if the first try finds too little.
+    fn allocate(&self, id: u64, n: u64) -> Result<Vec<(Pba, u64)>, StoreError> {
+        if let Some(r) = self.sh.alloc().alloc(n) {
+            return Ok(r);
+        }
+        log::debug!(
+            "worker {}: {n} blocks wanted, reclaiming quarantined space",
+            self.id
+        );
+        super::reclaim(&self.sh);
+        self.sh.alloc().alloc(n).ok_or_else(|| StoreError::NoSpace {
+            extent: id,
+            needed: n * BS,
+            free: self.sh.alloc().free_blocks() * BS,
+        })
+    }
+
+    fn journal_write(
+        &self,
+        id: u64,
+        lblock: u64,
+        bufs: Vec<Arc<DmaBuf>>,
+        crcs: Vec<u32>,
+    ) -> Result<(), StoreError> {
+        let unmapped = {
+            let st = self.st();
+            let x = st
+                .extents
+                .get(&id)
+                .ok_or(StoreError::NoSuchExtent { extent: id })?;
+            (0..bufs.len() as u64)
+                .filter(|i| x.get(lblock + i).pba.is_none())
+                .count() as u64
+        };
+        let reserved: Vec<Pba> = self
+            .allocate(id, unmapped)?
+            .into_iter()
+            .flat_map(|(p, n)| (0..n).map(move |i| p.add(i)))
+            .collect();
+        self.commit(PendingOp {
+            id,
+            kind: OpKind::JWrite {
+                lblock,
+                bufs,
+                crcs,
+                reserved,
+            },
+            done: Vec::new(),
+        })
+    }
+
+    /// Writes blocks to newly allocated space, then commits their mapping;
+    /// completes `extra` waiters (held writes) with the same outcome.
+    fn direct_write(
+        &self,
+        id: u64,
+        lblock: u64,
+        bufs: Vec<Arc<DmaBuf>>,
+        crcs: Vec<u32>,
+        extra: Vec<Arc<Completion>>,
+    ) -> Result<(), StoreError> {
+        let r = self.direct_write_inner(id, lblock, bufs, crcs, extra.clone());
+        if let Err(e) = &r {
+            // On success the committer completed them.
+            extra.iter().for_each(|c| c.complete(Err(e.clone())));
+        }
+        r
+    }
+
+    fn direct_write_inner(
+        &self,
+        id: u64,
+        lblock: u64,
+        bufs: Vec<Arc<DmaBuf>>,
+        crcs: Vec<u32>,
+        extra: Vec<Arc<Completion>>,
+    ) -> Result<(), StoreError> {
+        let n = bufs.len() as u64;
+        let runs = self.allocate(id, n)?;
+        let mut per_dev: Vec<Vec<IoOp>> = (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
+        let mut i = 0usize;
+        for &(p, cnt) in &runs {
+            // One request per run, split only where a request would get too big.
+            let mut k = 0u64;
+            for part in bufs[i..i + cnt as usize].chunks(256) {
+                per_dev[p.device()].push(IoOp::Writev {
+                    offset: p.add(k).block() * BS,
+                    bufs: part.to_vec(),
+                });
+                k += part.len() as u64;
+            }
+            i += cnt as usize;
+        }
+        for (d, ops) in per_dev.into_iter().enumerate() {
+            if ops.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.sh.run_ops(d, ops) {
+                self.sh.free_runs(&runs);
+                return Err(e);
+            }
+        }
+        self.sh.direct_bytes.fetch_add(n * BS, Ordering::Relaxed);
+        let c = Completion::new();
+        let mut done = extra;
+        done.push(c.clone());
+        self.enqueue(PendingOp {
+            id,
+            kind: OpKind::Map { lblock, runs, crcs },
+            done,
+        });
+        c.wait()
+    }
+
+    fn hold_write(
+        self: &Arc<Self>,
+        id: u64,
+        lblock: u64,
+        bufs: Vec<Arc<DmaBuf>>,
+        crcs: Vec<u32>,
+    ) -> Result<(), StoreError> {
+        let c = Completion::new();
+        let merge_blocks = (self.sh.opts.merge_max / BS).max(1);
+        let (flush_old, flush_full, arm) = {
+            let mut st = self.st();
+            let p = st.patterns.entry(id).or_default();
+            let mut old = None;
+            let mut arm = None;
+            let append = p.stream.as_ref().is_some_and(|s| s.end() == lblock);
+            if !append {
+                old = p.stream.take();
+                p.next_gen += 1;
+                p.stream = Some(Stream {
+                    gen: p.next_gen,
+                    lblock,
+                    bufs: Vec::new(),
+                    crcs: Vec::new(),
+                    waiters: Vec::new(),
+                });
+                arm = Some(p.next_gen);
+            }
+            let s = p.stream.as_mut().expect("stream just ensured");
+            s.bufs.extend(bufs);
+            s.crcs.extend(crcs);
+            s.waiters.push(c.clone());
+            let full = if s.bufs.len() as u64 >= merge_blocks {
+                p.stream.take()
+            } else {
+                None
+            };
+            (old, full, arm)
+        };
+        if let Some(old) = flush_old {
+            let w = self.clone();
+            drop(rt::spawn(move || w.flush_stream(id, old)));
+        }
+        if let Some(gen) = arm {
+            let w = self.clone();
+            let hold = self.sh.opts.hold_timeout;
+            drop(rt::spawn(move || {
+                rt::sleep(hold);
+                let s = {
+                    let mut st = w.st();
+                    match st.patterns.get_mut(&id) {
+                        Some(p) if p.stream.as_ref().is_some_and(|s| s.gen == gen) => {
+                            p.stream.take()
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(s) = s {
+                    w.flush_stream(id, s);
+                }
+            }));
+        }
+        if let Some(full) = flush_full {
+            self.flush_stream(id, full);
+        }
+        c.wait()
+    }
+
+    /// Writes a stream's held blocks as one direct write; every held write
+    /// completes with its outcome.
+    fn flush_stream(&self, id: u64, s: Stream) {
+        let _ = self.direct_write(id, s.lblock, s.bufs, s.crcs, s.waiters);
+    }
+
+    /// Flushes every held stream (close).
+    pub(crate) fn flush_streams(self: &Arc<Self>) {
+        let streams: Vec<(u64, Stream)> = {
+            let mut st = self.st();
+            st.patterns
+                .iter_mut()
+                .filter_map(|(id, p)| p.stream.take().map(|s| (*id, s)))
+                .collect()
+        };
+        for (id, s) in streams {
+            self.flush_stream(id, s);
+        }
+    }
+
+    // ----- read path ---------------------------------------------------------
+
+    pub(crate) fn read(&self, id: u64, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.check_usable()?;
+        let len = buf.len() as u64;
+        self.check_range(id, offset, len)?;
+        let lblock = offset / BS;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.read_once(id, lblock, buf, attempt >= 4)? {
+                true => break,
+                false => continue, // the map changed under the read: again
+            }
+        }
+        self.sh.user_read.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One attempt; `Ok(false)` when a mismatch coincided with a change of
+    /// the map (a concurrent write), so the read must be redone.
+    fn read_once(
+        &self,
+        id: u64,
+        lblock: u64,
+        buf: &mut [u8],
+        last: bool,
+    ) -> Result<bool, StoreError> {
+        // (index in extent, entry) of blocks to fetch from devices.
+        let mut plan: Vec<(u64, Entry)> = Vec::new();
+        {
+            let st = self.st();
+            let x = st
+                .extents
+                .get(&id)
+                .ok_or(StoreError::NoSuchExtent { extent: id })?;
+            for (i, out) in buf.chunks_mut(BS as usize).enumerate() {
+                let l = lblock + i as u64;
+                if let Some(d) = st.cache.get(&(id, l)) {
+                    out.copy_from_slice(d.buf.as_slice());
+                    continue;
+                }
+                let e = x.get(l);
+                if e.pba.is_none() {
+                    out.fill(0);
+                } else {
+                    plan.push((l, e));
+                }
+            }
+        }
+        if plan.is_empty() {
+            return Ok(true);
+        }
+        // Runs of blocks consecutive both in the extent and on a device.
+        let mut runs: Vec<(u64, Pba, usize)> = Vec::new(); // (first l, first pba, count)
+        for &(l, e) in &plan {
+            match runs.last_mut() {
+                Some((l0, p0, n))
+                    if *l0 + *n as u64 == l && p0.add(*n as u64) == e.pba && *n < 256 =>
+                {
+                    *n += 1
+                }
+                _ => runs.push((l, e.pba, 1)),
+            }
+        }
+        let mut per_dev: Vec<Vec<(usize, IoOp)>> =
+            (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
+        for (ri, &(_, p, n)) in runs.iter().enumerate() {
+            per_dev[p.device()].push((
+                ri,
+                IoOp::Read {
+                    offset: p.block() * BS,
+                    buf: DmaBuf::new(n * BS as usize),
+                },
+            ));
+        }
+        let mut got: Vec<Option<DmaBuf>> = (0..runs.len()).map(|_| None).collect();
+        for (d, ops) in per_dev.into_iter().enumerate() {
+            if ops.is_empty() {
+                continue;
+            }
+            let (idx, ops): (Vec<usize>, Vec<IoOp>) = ops.into_iter().unzip();
+            let done = self.sh.run_ops(d, ops)?;
+            for (i, op) in idx.into_iter().zip(done) {
+                if let IoOp::Read { buf, .. } = op {
+                    got[i] = Some(buf);
+                }
+            }
+        }
+        let mut pi = 0;
+        for (ri, &(l0, p0, n)) in runs.iter().enumerate() {
+            let data = got[ri].take().expect("every run was read");
+            for k in 0..n {
+                let l = l0 + k as u64;
+                let blk = &data.as_slice()[k * BS as usize..(k + 1) * BS as usize];
+                let want = plan[pi].1.crc;
+                pi += 1;
+                if crc32c::crc32c(blk) != want {
+                    let changed = {
+                        let st = self.st();
+                        st.cache.contains_key(&(id, l))
+                            || st.extents.get(&id).map(|x| x.get(l)) != Some(plan[pi - 1].1)
+                    };
+                    if changed && !last {
+                        return Ok(false);
+                    }
+                    if !changed {
+                        self.sh.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                        let pba = p0.add(k as u64);
+                        log::error!(
+                            "checksum mismatch: extent {id} offset {} (device {} block {})",
+                            l * BS,
+                            self.sh.dev_name(pba.device()),
+                            pba.block()
+                        );
+                        return Err(StoreError::Checksum {
+                            extent: id,
+                            offset: l * BS,
+                            device: self.sh.dev_name(pba.device()),
+                            device_offset: pba.block() * BS,
+                        });
+                    }
+                    return Ok(false);
+                }
+                let o = ((l - lblock) * BS) as usize;
+                buf[o..o + BS as usize].copy_from_slice(blk);
+            }
+        }
+        Ok(true)
+    }
+
+    // ----- checkpoints -------------------------------------------------------
+
+    /// Takes a checkpoint covering every operation completed before the
+    /// call, and waits for it (journal trimmed, quarantine released).
+    pub(crate) fn checkpoint(&self) -> Result<(), StoreError> {
+        let c = Completion::new();
+        {
+            let mut st = self.st();
+            if let Some(r) = &st.failed {
+                return Err(StoreError::Failed {
+                    worker: self.id,
+                    reason: r.clone(),
+                });
+            }
+            st.ckpt_waiters.push(c.clone());
+        }
+        self.commit_ev.set();
+        c.wait()
+    }
+
+    /// Stops the background coroutines and waits for them.
+    pub(crate) fn stop(&self) {
+        self.request_stop();
+        self.stopped_ev.wait();
+    }
+
+    /// Asks the background coroutines to stop once idle; does not wait.
+    pub(crate) fn request_stop(&self) {
+        self.st().stop = true;
+        self.commit_ev.set();
+        self.home_ev.set();
+        self.home_done_ev.set();
+        self.ckpt_ev.set();
+    }
+
+    /// Figures for stats: (dirty blocks, quarantined blocks, journal used).
+    pub(crate) fn figures(&self) -> (u64, u64, u64) {
+        let st = self.st();
+        (
+            st.cache.len() as u64,
+            st.quarantine.len() as u64,
+            st.tail - st.head,
+        )
+    }
+
+    // ----- the committer -----------------------------------------------------
+
+    fn committer(self: &Arc<Self>) {
+        let max_batch = (self.sh.opts.max_batch_bytes / BS).clamp(16, self.jblocks() / 2);
+        loop {
+            self.commit_ev.reset();
+            let mut st = self.st();
+            if let Some(r) = st.failed.clone() {
+                let err = StoreError::Failed {
+                    worker: self.id,
+                    reason: r,
+                };
+                let ops: Vec<PendingOp> = st.pending.drain(..).collect();
+                let waiters: Vec<_> = st.ckpt_waiters.drain(..).collect();
+                let stop = st.stop;
+                drop(st);
+                ops.iter()
+                    .flat_map(|o| &o.done)
+                    .for_each(|c| c.complete(Err(err.clone())));
+                waiters.iter().for_each(|c| c.complete(Err(err.clone())));
+                if stop {
+                    return;
+                }
+                self.commit_ev.wait();
+                continue;
+            }
+            // A snapshot for a checkpoint, taken between batches: every
+            // applied operation is durable now.
+            let used = st.tail - st.head;
+            let want_ckpt = !st.ckpt_waiters.is_empty()
+                || used > self.jblocks() / 2
+                || st.quarantine.len() as u64 > self.sh.opts.quarantine_max / BS;
+            if want_ckpt && st.ckpt_job.is_none() && (used > 0 || !st.ckpt_waiters.is_empty()) {
+                let image = checkpoint::encode(self.jid, st.ckpt_seq + 1, st.tail, &st.extents);
+                let waiters = std::mem::take(&mut st.ckpt_waiters);
+                st.ckpt_job = Some(CkptJob {
+                    journal_lpos: st.tail,
+                    image,
+                    waiters,
+                });
+                self.ckpt_ev.set();
+            }
+            if st.pending.is_empty() {
+                if st.stop && st.ckpt_job.is_none() {
+                    return;
+                }
+                drop(st);
+                self.commit_ev.wait();
+                continue;
+            }
+            // The most journal blocks a batch may take now: either the
+            // contiguous room up to the end of the region, or what is left
+            // after skipping to the next lap.
+            let room = self.jblocks() - used;
+            let to_end = self.jblocks() - st.tail % self.jblocks();
+            let limit = (to_end.min(room))
+                .max(room.saturating_sub(to_end))
+                .min(max_batch);
+            let fits = st
+                .pending
+                .front()
+                .is_some_and(|op| op_blocks(op, 0) <= limit);
+            if !fits {
+                if used == 0 {
+                    // Cannot happen with sane options: one operation larger
+                    // than half the journal.
+                    let op = st.pending.pop_front().expect("front exists");
+                    drop(st);
+                    let e = StoreError::Invalid(format!(
+                        "worker {}: an operation needs more than the whole journal",
+                        self.id
+                    ));
+                    op.done.iter().for_each(|c| c.complete(Err(e.clone())));
+                    continue;
+                }
+                if st.ckpt_job.is_none() {
+                    let image = checkpoint::encode(self.jid, st.ckpt_seq + 1, st.tail, &st.extents);
+                    st.ckpt_job = Some(CkptJob {
+                        journal_lpos: st.tail,
+                        image,
+                        waiters: Vec::new(),
+                    });
+                    self.ckpt_ev.set();
+                }
+                drop(st);
+                self.commit_ev.wait();
+                continue;
+            }
+            let batch = self.take_batch(&mut st, limit);
+            drop(st);
+            for (c, e) in batch.rejected {
+                c.complete(Err(e));
+            }
+            if batch.records.is_empty() {
+                batch.done.iter().for_each(|c| c.complete(Ok(())));
+                continue;
+            }
+            match self.write_batch(&batch.records, batch.data, batch.lpos, batch.skip_at) {
+                Ok(()) => {
+                    let end = batch.lpos + batch.blocks;
+                    let mut st = self.st();
+                    st.tail = end;
+                    for (key, version) in batch.dirty {
+                        if let Some(d) = st.cache.get_mut(&key) {
+                            if d.version == version {
+                                d.durable = true;
+                                st.home_queue.push_back((key, version));
+                            }
+                        }
+                    }
+                    for p in batch.freed {
+                        st.quarantine.push((end, p));
+                    }
+                    drop(st);
+                    self.sh.batches.fetch_add(1, Ordering::Relaxed);
+                    self.home_ev.set();
+                    batch.done.iter().for_each(|c| c.complete(Ok(())));
+                }
+                Err(e) => {
+                    self.fail(&e);
+                    batch.done.iter().for_each(|c| c.complete(Err(e.clone())));
+                }
+            }
+        }
+    }
+
+    /// Takes queued operations (whole ones, up to `max_blocks` of journal),
+    /// resolves and applies them, and returns the batch to write.
+    fn take_batch(&self, st: &mut WState, max_blocks: u64) -> Batch {
+        let mut b = Batch::default();
+        let mut data_blocks = 0u64;
+        let mut record_bytes = 0u64;
+        while let Some(op) = st.pending.front() {
+            let (d, r) = op_cost(op);
+            if !b.records.is_empty()
+                && op_blocks_total(data_blocks + d, record_bytes + r) > max_blocks
+            {
+                break;
+            }
+            data_blocks += d;
+            record_bytes += r;
+            let op = st.pending.pop_front().expect("front exists");
+            match self.resolve(st, op) {
+                Ok((recs, bufs, done)) => {
+                    let mut at = 0;
+                    for r in &recs {
+                        let n = r.data_blocks();
+                        self.apply_live(st, r, &bufs[at..at + n], &mut b);
+                        at += n;
+                    }
+                    b.data.extend(bufs);
+                    b.records.extend(recs);
+                    b.done.extend(done);
+                }
+                Err((done, e)) => b.rejected.extend(done.into_iter().map(|c| (c, e.clone()))),
+            }
+        }
+        // Placement: a batch never straddles the end of the region.
+        let hb = journal::header_blocks_for(&b.records);
+        b.blocks = hb + data_blocks;
+        let to_end = self.jblocks() - st.tail % self.jblocks();
+        if b.blocks > to_end {
+            b.skip_at = Some(st.tail);
+            b.lpos = st.tail + to_end;
+        } else {
+            b.lpos = st.tail;
+        }
+        // Give the dirty blocks their real journal position.
+        for (key, version) in &b.dirty {
+            if let Some(d) = st.cache.get_mut(key) {
+                if d.version == *version {
+                    d.lpos = b.lpos;
+                }
+            }
+        }
+        b
+    }
+
+    /// Checks an operation against the current state and turns it into
+    /// records (with their journal data and the devices to flush).
+    #[allow(clippy::type_complexity)]
+    fn resolve(
+        &self,
+        st: &mut WState,
+        op: PendingOp,
+    ) -> Result<
+        (Vec<Record>, Vec<Arc<DmaBuf>>, Vec<Arc<Completion>>),
+        (Vec<Arc<Completion>>, StoreError),
+    > {
+        let id = op.id;
+        let missing = |st: &WState| !st.extents.contains_key(&id);
+        match op.kind {
+            OpKind::Create { size, generation } => {
+                if !missing(st) {
+                    return Err((op.done, StoreError::ExtentExists { extent: id }));
+                }
+                Ok((
+                    vec![Record::Create {
+                        id,
+                        size,
+                        generation,
+                    }],
+                    vec![],
+                    op.done,
+                ))
+            }
+            OpKind::Delete => {
+                if missing(st) {
+                    return Err((op.done, StoreError::NoSuchExtent { extent: id }));
+                }
+                Ok((vec![Record::Delete { id }], vec![], op.done))
+            }
+            OpKind::SetGen(generation) => {
+                if missing(st) {
+                    return Err((op.done, StoreError::NoSuchExtent { extent: id }));
+                }
+                Ok((vec![Record::SetGen { id, generation }], vec![], op.done))
+            }
+            OpKind::Unmap { lblock, count } => {
+                if missing(st) {
+                    return Err((op.done, StoreError::NoSuchExtent { extent: id }));
+                }
+                Ok((vec![Record::Unmap { id, lblock, count }], vec![], op.done))
+            }
+            OpKind::Map { lblock, runs, crcs } => {
+                if missing(st) {
+                    self.sh.free_runs(&runs);
+                    return Err((op.done, StoreError::NoSuchExtent { extent: id }));
+                }
+                let mut recs = Vec::new();
+                let mut i = 0usize;
+                for (p, n) in runs {
+                    recs.push(Record::Map {
+                        id,
+                        lblock: lblock + i as u64,
+                        pba: p,
+                        crcs: crcs[i..i + n as usize].to_vec(),
+                    });
+                    i += n as usize;
+                }
+                Ok((recs, vec![], op.done))
+            }
+            OpKind::JWrite {
+                lblock,
+                bufs,
+                crcs,
+                reserved,
+            } => {
+                let Some(x) = st.extents.get(&id) else {
+                    let mut a = self.sh.alloc();
+                    reserved.iter().for_each(|p| a.free(*p));
+                    return Err((op.done, StoreError::NoSuchExtent { extent: id }));
+                };
+                let mut spare = reserved.into_iter();
+                let mut entries = Vec::with_capacity(bufs.len());
+                let mut extra: Vec<Pba> = Vec::new();
+                for (i, crc) in crcs.iter().enumerate() {
+                    let cur = x.get(lblock + i as u64);
+                    let pba = if !cur.pba.is_none() {
+                        cur.pba // overwrite in place: the journal covers a torn home write
+                    } else if let Some(p) = spare.next() {
+                        p
+                    } else {
+                        // Unmapped since the write was queued: allocate now.
+                        match self.sh.alloc().alloc(1) {
+                            Some(r) => {
+                                extra.push(r[0].0);
+                                r[0].0
+                            }
+                            None => {
+                                let mut a = self.sh.alloc();
+                                spare.for_each(|p| a.free(p));
+                                extra.iter().for_each(|p| a.free(*p));
+                                drop(a);
+                                return Err((
+                                    op.done,
+                                    StoreError::NoSpace {
+                                        extent: id,
+                                        needed: BS,
+                                        free: 0,
+                                    },
+                                ));
+                            }
+                        }
+                    };
+                    entries.push(Entry { pba, crc: *crc });
+                }
+                let mut a = self.sh.alloc();
+                spare.for_each(|p| a.free(p));
+                drop(a);
+                Ok((
+                    vec![Record::JWrite {
+                        id,
+                        lblock,
+                        entries,
+                    }],
+                    bufs,
+                    op.done,
+                ))
+            }
+        }
+    }
+
+    /// Applies a record to the live state: the map, the dirty cache, and
+    /// the blocks it frees (quarantined once the batch is durable).
+    fn apply_live(&self, st: &mut WState, r: &Record, data: &[Arc<DmaBuf>], b: &mut Batch) {
+        let WState {
+            extents,
+            cache,
+            next_version,
+            patterns,
+            ..
+        } = st;
+        r.apply(extents, &mut |p| b.freed.push(p));
+        match r {
+            Record::JWrite {
+                id,
+                lblock,
+                entries,
+            } => {
+                for (i, e) in entries.iter().enumerate() {
+                    let key = (*id, lblock + i as u64);
+                    let version = *next_version;
+                    *next_version += 1;
+                    // A home write of an older version may still be running:
+                    // the new version waits for it (one write per block at a time).
+                    let inflight = cache.get(&key).is_some_and(|d| d.inflight);
+                    b.dirty.push((key, version));
+                    cache.insert(
+                        key,
+                        Dirty {
+                            buf: data[i].clone(),
+                            pba: e.pba,
+                            lpos: u64::MAX, // set once the batch is placed
+                            version,
+                            durable: false,
+                            inflight,
+                        },
+                    );
+                }
+            }
+            Record::Map {
+                id, lblock, crcs, ..
+            } => {
+                for i in 0..crcs.len() as u64 {
+                    cache.remove(&(*id, lblock + i));
+                }
+            }
+            Record::Unmap { id, lblock, count } => {
+                for l in *lblock..lblock + count {
+                    cache.remove(&(*id, l));
+                }
+            }
+            Record::Delete { id } | Record::Create { id, .. } => {
+                cache.retain(|k, _| k.0 != *id);
+                if patterns
+                    .get(id)
+                    .is_some_and(|p| p.stream.is_none() && p.inflight == 0)
+                {
+                    patterns.remove(id);
+                }
+            }
+            Record::SetGen { .. } => {}
+        }
+    }
+
+    /// Writes a batch (and a skip header before it if needed) and flushes.
+    fn write_batch(
+        &self,
+        records: &[Record],
+        data: Vec<Arc<DmaBuf>>,
+        lpos: u64,
+        skip_at: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut ops = Vec::new();
+        if let Some(at) = skip_at {
+            let skip = journal::encode_header(self.jid, at, &[], true);
+            ops.push(IoOp::Write {
+                offset: self.jphys(at),
+                buf: Arc::new(DmaBuf::copy_from(&skip)),
+            });
+        }
+        let header = journal::encode_header(self.jid, lpos, records, false);
+        let mut bufs: Vec<Arc<DmaBuf>> = vec![Arc::new(DmaBuf::copy_from(&header))];
+        bufs.extend(data);
+        let bytes: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        // Split only to respect the per-request buffer limit.
+        let mut off = self.jphys(lpos);
+        for part in bufs.chunks(1024) {
+            let n: u64 = part.iter().map(|b| b.len() as u64).sum();
+            ops.push(IoOp::Writev {
+                offset: off,
+                bufs: part.to_vec(),
+            });
+            off += n;
+        }
+        self.sh.run_ops(0, ops)?;
+        self.sh.journal_bytes.fetch_add(
+            bytes + if skip_at.is_some() { BS } else { 0 },
+            Ordering::Relaxed,
+        );
+        self.sh.flush(1 | self.sh_devices_mask(records))
+    }
+
+    fn sh_devices_mask(&self, records: &[Record]) -> u64 {
+        records
+            .iter()
+            .map(|r| match r {
+                Record::Map { pba, .. } => 1u64 << pba.device(),
+                _ => 0,
+            })
+            .fold(0, |a, b| a | b)
+    }
+
+    // ----- the home writer ---------------------------------------------------
+
+    fn home_writer(self: &Arc<Self>) {
+        let mut deferred: Vec<((u64, u64), u64)> = Vec::new();
+        loop {
+            self.home_ev.reset();
+            let mut picked: Vec<((u64, u64), u64, Pba, Arc<DmaBuf>)> = Vec::new();
+            {
+                let mut st = self.st();
+                if st.failed.is_some()
+                    || (st.stop && st.home_queue.is_empty() && st.home_inflight == 0)
+                {
+                    return;
+                }
+                while picked.len() < 256 {
+                    let Some((key, version)) = st.home_queue.pop_front() else {
+                        break;
+                    };
+                    let Some(d) = st.cache.get_mut(&key) else {
+                        continue;
+                    };
+                    if d.version != version || !d.durable {
+                        continue; // superseded: its newer version is queued itself
+                    }
+                    if d.inflight {
+                        deferred.push((key, version));
+                        continue;
+                    }
+                    d.inflight = true;
+                    picked.push((key, version, d.pba, d.buf.clone()));
+                }
+                st.home_inflight += picked.len();
+            }
+            if picked.is_empty() {
+                self.home_done_ev.set();
+                self.home_ev.wait();
+                continue;
+            }
+            picked.sort_by_key(|p| p.2);
+            let mut per_dev: Vec<Vec<IoOp>> =
+                (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
+            let mut i = 0;
+            while i < picked.len() {
+                // Merge blocks that are consecutive on the device.
+                let start = picked[i].2;
+                let mut bufs = vec![picked[i].3.clone()];
+                let mut j = i + 1;
+                while j < picked.len()
+                    && picked[j].2 == start.add((j - i) as u64)
+                    && bufs.len() < 256
+                {
+                    bufs.push(picked[j].3.clone());
+                    j += 1;
+                }
+                per_dev[start.device()].push(IoOp::Writev {
+                    offset: start.block() * BS,
+                    bufs,
+                });
+                i = j;
+            }
+            let mut result = Ok(());
+            for (d, ops) in per_dev.into_iter().enumerate() {
+                if !ops.is_empty() {
+                    if let Err(e) = self.sh.run_ops(d, ops) {
+                        result = Err(e);
+                    }
+                }
+            }
+            self.sh
+                .home_bytes
+                .fetch_add(picked.len() as u64 * BS, Ordering::Relaxed);
+            {
+                let mut st = self.st();
+                st.home_inflight -= picked.len();
+                for (key, version, _, _) in &picked {
+                    if let Some(d) = st.cache.get_mut(key) {
+                        if d.version == *version {
+                            if result.is_ok() {
+                                st.cache.remove(key);
+                            }
+                        } else {
+                            d.inflight = false;
+                        }
+                    }
+                }
+                st.home_queue.extend(deferred.drain(..));
+            }
+            if let Err(e) = result {
+                self.fail(&e);
+                return;
+            }
+            self.home_done_ev.set();
+        }
+    }
+
+    // ----- the checkpointer --------------------------------------------------
+
+    fn checkpointer(self: &Arc<Self>) {
+        loop {
+            self.ckpt_ev.reset();
+            let job = {
+                let mut st = self.st();
+                if st.failed.is_some() {
+                    let waiters: Vec<_> = st.ckpt_job.take().map(|j| j.waiters).unwrap_or_default();
+                    let r = st.failed.clone().unwrap_or_default();
+                    let stop = st.stop;
+                    drop(st);
+                    let e = StoreError::Failed {
+                        worker: self.id,
+                        reason: r,
+                    };
+                    waiters.iter().for_each(|c| c.complete(Err(e.clone())));
+                    if stop {
+                        return;
+                    }
+                    self.ckpt_ev.wait();
+                    continue;
+                }
+                match &st.ckpt_job {
+                    Some(j) => (j.journal_lpos, j.image.clone()),
+                    None => {
+                        if st.stop {
+                            return;
+                        }
+                        drop(st);
+                        self.ckpt_ev.wait();
+                        continue;
+                    }
+                }
+            };
+            let r = self.write_checkpoint(job.0, job.1);
+            let waiters = {
+                let mut st = self.st();
+                let j = st.ckpt_job.take();
+                if let Ok(seq) = r {
+                    st.ckpt_seq = seq;
+                    st.head = job.0;
+                    let (release, keep): (Vec<_>, Vec<_>) = st
+                        .quarantine
+                        .drain(..)
+                        .partition(|(after, _)| *after <= job.0);
+                    st.quarantine = keep;
+                    let mut a = self.sh.alloc();
+                    release.into_iter().for_each(|(_, p)| a.free(p));
+                }
+                j.map(|j| j.waiters).unwrap_or_default()
+            };
+            match r {
+                Ok(_) => {
+                    self.sh.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    waiters.iter().for_each(|c| c.complete(Ok(())));
+                }
+                Err(e) => {
+                    self.fail(&e);
+                    waiters.iter().for_each(|c| c.complete(Err(e.clone())));
+                }
+            }
+            // Journal space was freed: the committer may be waiting for it.
+            self.commit_ev.set();
+        }
+    }
+
+    /// Waits until everything journaled before `jpos` is home, then writes
+    /// the snapshot to the older slot; returns its sequence number.
+    fn write_checkpoint(&self, jpos: u64, image: Vec<u8>) -> Result<u64, StoreError> {
+        loop {
+            self.home_done_ev.reset();
+            let (pending, failed) = {
+                let st = self.st();
+                let p = st.home_inflight > 0 || st.cache.values().any(|d| d.lpos < jpos);
+                (p, st.failed.clone())
+            };
+            if let Some(r) = failed {
+                return Err(StoreError::Failed {
+                    worker: self.id,
+                    reason: r,
+                });
+            }
+            if !pending {
+                break;
+            }
+            self.home_ev.set();
+            self.home_done_ev.wait();
+        }
+        // Home blocks must be stable before the journal copies are dropped.
+        self.sh.flush(self.sh.all_devices())?;
+        let seq = self.st().ckpt_seq + 1;
+        let cap = self.sh.sb.ckpt_blocks * BS;
+        if image.len() as u64 > cap {
+            return Err(StoreError::NoMetadataSpace {
+                extent: 0,
+                capacity: cap,
+            });
+        }
+        let base = self.sh.sb.ckpt_slot(self.id, (seq % 2) as usize) * BS;
+        let mut ops = Vec::new();
+        for (i, part) in image.chunks(1 << 20).enumerate() {
+            ops.push(IoOp::Write {
+                offset: base + (i as u64) * (1 << 20),
+                buf: Arc::new(DmaBuf::copy_from(part)),
+            });
+        }
+        self.sh.run_ops(0, ops)?;
+        self.sh.flush(1)?;
+        self.sh
+            .checkpoint_bytes
+            .fetch_add(image.len() as u64, Ordering::Relaxed);
+        Ok(seq)
+    }
+}
+
+/// Journal data blocks and record bytes an operation will need (an upper
+/// bound of the encoded size).
+fn op_cost(op: &PendingOp) -> (u64, u64) {
+    match &op.kind {
+        OpKind::JWrite { bufs, .. } => (bufs.len() as u64, 32 + 12 * bufs.len() as u64),
+        OpKind::Map { runs, crcs, .. } => (0, 40 * runs.len() as u64 + 4 * crcs.len() as u64),
+        _ => (0, 40),
+    }
+}
+
+/// Journal blocks of a batch with this much data and records.
+fn op_blocks_total(data: u64, record_bytes: u64) -> u64 {
+    data + (record_bytes + 128).div_ceil(BS)
+}
+
+/// Journal blocks a batch of `op` alone (plus `extra` data blocks) takes.
+fn op_blocks(op: &PendingOp, extra: u64) -> u64 {
+    let (d, r) = op_cost(op);
+    op_blocks_total(d + extra, r)
+}
+
+/// A batch being assembled by the committer.
+#[derive(Default)]
+struct Batch {
+    records: Vec<Record>,
+    data: Vec<Arc<DmaBuf>>,
+    done: Vec<Arc<Completion>>,
+    rejected: Vec<(Arc<Completion>, StoreError)>,
+    dirty: Vec<((u64, u64), u64)>,
+    freed: Vec<Pba>,
+    lpos: u64,
+    blocks: u64,
+    skip_at: Option<u64>,
+}
