@@ -226,10 +226,7 @@ impl MetaClient {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave State inconsistent
         // (every update is a single assignment), so poisoning is ignored.
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn channel(&self) -> Result<(String, Channel), Status> {
@@ -294,7 +291,10 @@ impl MetaClient {
             match next {
                 Next::Fail => return Err(err),
                 _ if out_of_budget => {
-                    log::warn!("meta {what}: giving up after {attempt} attempts: {}", err.message());
+                    log::warn!(
+                        "meta {what}: giving up after {attempt} attempts: {}",
+                        err.message()
+                    );
                     return Err(err);
                 }
                 Next::Redirect(leader) if normalize(&leader) != addr => {
@@ -309,7 +309,10 @@ impl MetaClient {
                     }
                 }
                 _ => {
-                    log::debug!("meta {what}: {addr} failed ({}); trying another", err.message());
+                    log::debug!(
+                        "meta {what}: {addr} failed ({}); trying another",
+                        err.message()
+                    );
                     redirects_in_row = 0;
                     self.rotate(&addr);
                     let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
@@ -564,7 +567,11 @@ async fn keep_node(
                 ttl_secs: r.ttl_secs.max(1),
             },
             Err(e) => {
-                log::warn!("node '{}': registering with meta failed: {}", reg.id, e.message());
+                log::warn!(
+                    "node '{}': registering with meta failed: {}",
+                    reg.id,
+                    e.message()
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(cfg.backoff_max);
                 continue;
@@ -572,7 +579,12 @@ async fn keep_node(
         };
         backoff = cfg.backoff_initial;
         lease_tx.send_replace(Some(lease));
-        log::info!("node '{}': registered, lease {:x}, ttl {}s", reg.id, lease.lease_id, lease.ttl_secs);
+        log::info!(
+            "node '{}': registered, lease {:x}, ttl {}s",
+            reg.id,
+            lease.lease_id,
+            lease.ttl_secs
+        );
         let period = Duration::from_millis(lease.ttl_secs as u64 * 1000 / 3);
         loop {
             tokio::time::sleep(period).await;
@@ -597,9 +609,13 @@ mod tests {
 
     #[test]
     fn endpoints_are_normalized_and_deduplicated() {
-        let c = MetaClient::new(["http://127.0.0.1:7000/", "127.0.0.1:7000", "127.0.0.1:7001"]).unwrap();
+        let c = MetaClient::new(["http://127.0.0.1:7000/", "127.0.0.1:7000", "127.0.0.1:7001"])
+            .unwrap();
         assert_eq!(c.endpoints(), vec!["127.0.0.1:7000", "127.0.0.1:7001"]);
-        assert!(matches!(MetaClient::new(Vec::<String>::new()), Err(ClientError::NoEndpoints)));
+        assert!(matches!(
+            MetaClient::new(Vec::<String>::new()),
+            Err(ClientError::NoEndpoints)
+        ));
     }
 
     #[test]
@@ -618,8 +634,14 @@ mod tests {
             .insert(LEADER_METADATA_KEY, "127.0.0.1:7001".parse().unwrap());
         assert!(matches!(classify(&st), Next::Redirect(a) if a == "127.0.0.1:7001"));
         assert!(matches!(classify(&Status::unavailable("x")), Next::Rotate));
-        assert!(matches!(classify(&Status::not_found("volume 'v' not found")), Next::Fail));
-        assert!(matches!(classify(&Status::unknown("transport error")), Next::Rotate));
+        assert!(matches!(
+            classify(&Status::not_found("volume 'v' not found")),
+            Next::Fail
+        ));
+        assert!(matches!(
+            classify(&Status::unknown("transport error")),
+            Next::Rotate
+        ));
         assert!(matches!(classify(&Status::unknown("boom")), Next::Fail));
     }
 }

@@ -41,7 +41,11 @@ impl Election {
     /// `client` must have no request timeout: a campaign waits as long as
     /// another process leads. The receiver tells the current fence (Some
     /// while this process leads).
-    pub fn new(client: Client, me: LeaderInfo, ttl_secs: i64) -> (Self, watch::Receiver<Option<Fence>>) {
+    pub fn new(
+        client: Client,
+        me: LeaderInfo,
+        ttl_secs: i64,
+    ) -> (Self, watch::Receiver<Option<Fence>>) {
         let (state, rx) = watch::channel(None);
         (
             Election {
@@ -64,14 +68,22 @@ impl Election {
             let lease = match self.client.lease_client().grant(self.ttl_secs, None).await {
                 Ok(r) => r.id(),
                 Err(e) => {
-                    log::warn!("election: granting a lease of {}s failed: {e}", self.ttl_secs);
+                    log::warn!(
+                        "election: granting a lease of {}s failed: {e}",
+                        self.ttl_secs
+                    );
                     sleep_or_shutdown(backoff, &mut shutdown).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };
             let (lost_tx, mut lost_rx) = oneshot::channel();
-            let keeper = tokio::spawn(keep_lease(self.client.clone(), lease, self.ttl_secs, lost_tx));
+            let keeper = tokio::spawn(keep_lease(
+                self.client.clone(),
+                lease,
+                self.ttl_secs,
+                lost_tx,
+            ));
             let mut election = self.client.election_client();
             let won = tokio::select! {
                 r = election.campaign(keys::LEADER_ELECTION, value.clone(), lease) => r,

@@ -26,10 +26,15 @@ pub async fn run(service: MetaService, grace: Duration, mut shutdown: watch::Rec
                 if swept_term != term {
                     match service.sweep_unfinished_creates(&store).await {
                         Ok(()) => swept_term = term,
-                        Err(e) => log::warn!("monitor: sweeping unfinished creates: {}", e.message()),
+                        Err(e) => {
+                            log::warn!("monitor: sweeping unfinished creates: {}", e.message())
+                        }
                     }
                 }
-                match service.mark_expired_nodes(&store, &mut missing, grace).await {
+                match service
+                    .mark_expired_nodes(&store, &mut missing, grace)
+                    .await
+                {
                     Ok(down) => {
                         for id in down {
                             on_node_down(&id);
@@ -53,5 +58,7 @@ pub async fn run(service: MetaService, grace: Duration, mut shutdown: watch::Rec
 /// What follows a node being marked down. For now only that fact is
 /// recorded; re-replication is issue 5.
 fn on_node_down(id: &str) {
-    log::info!("monitor: node '{id}' is down; its extents run degraded until re-replication (issue 5)");
+    log::info!(
+        "monitor: node '{id}' is down; its extents run degraded until re-replication (issue 5)"
+    );
 }

@@ -167,7 +167,10 @@ mod tests {
         let mut p = Placer::new(vec![c("a", "", 10), c("b", "", 30), c("c", "", 20)]);
         assert_eq!(p.place(2, FailureDomain::Node, 5).unwrap(), vec!["b", "c"]);
         // b=25, c=15, a=10
-        assert_eq!(p.place(3, FailureDomain::Node, 5).unwrap(), vec!["b", "c", "a"]);
+        assert_eq!(
+            p.place(3, FailureDomain::Node, 5).unwrap(),
+            vec!["b", "c", "a"]
+        );
     }
 
     #[test]

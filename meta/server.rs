@@ -57,7 +57,11 @@ pub enum ServerError {
 /// Longest wait for in-flight calls and the election to end at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-async fn connect(endpoints: &[String], opts: ConnectOptions, shutdown: &mut watch::Receiver<bool>) -> Option<Client> {
+async fn connect(
+    endpoints: &[String],
+    opts: ConnectOptions,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Client> {
     let mut backoff = Duration::from_millis(100);
     loop {
         match Client::connect(endpoints, Some(opts.clone())).await {
@@ -76,12 +80,10 @@ async fn connect(endpoints: &[String], opts: ConnectOptions, shutdown: &mut watc
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let advertise = match &config.advertise {
         Some(a) => a.clone(),
-        None if config.listen.ip().is_unspecified() => {
-            return Err(ServerError::Config(format!(
-                "--listen {} is a wildcard address: give --advertise HOST:PORT that others can dial",
-                config.listen
-            )))
-        }
+        None if config.listen.ip().is_unspecified() => return Err(ServerError::Config(format!(
+            "--listen {} is a wildcard address: give --advertise HOST:PORT that others can dial",
+            config.listen
+        ))),
         None => config.listen.to_string(),
     };
     if config.etcd_endpoints.is_empty() {
@@ -125,7 +127,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         leadership,
     );
     let election_task = tokio::spawn(election.run(stop_rx.clone()));
-    let monitor_task = tokio::spawn(monitor::run(service.clone(), config.node_grace, stop_rx.clone()));
+    let monitor_task = tokio::spawn(monitor::run(
+        service.clone(),
+        config.node_grace,
+        stop_rx.clone(),
+    ));
 
     log::info!(
         "ferrite-meta '{}' serving on {} (advertised as {advertise}), etcd {:?}",

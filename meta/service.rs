@@ -99,7 +99,9 @@ struct NewVolume<'a> {
 
 enum BatchError {
     /// A compare failed after `applied` extents were written.
-    Conflict { applied: usize },
+    Conflict {
+        applied: usize,
+    },
     Store(StoreError),
 }
 
@@ -140,7 +142,9 @@ impl MetaService {
     async fn not_leader(&self) -> Status {
         let me = &self.inner.config.name;
         match election::current_leader(&self.inner.client).await {
-            Ok(Some(LeaderInfo { name, address })) if name != *me => {
+            Ok(Some(LeaderInfo { name, address }))
+                if name != *me || address != self.inner.config.address =>
+            {
                 let mut st = Status::unavailable(format!(
                     "ferrite-meta '{me}' is not the leader; the leader is '{name}' at {address}"
                 ));
@@ -158,7 +162,11 @@ impl MetaService {
         }
     }
 
-    async fn get_pool_record(&self, store: &Store, name: &str) -> Result<Versioned<PoolRecord>, Status> {
+    async fn get_pool_record(
+        &self,
+        store: &Store,
+        name: &str,
+    ) -> Result<Versioned<PoolRecord>, Status> {
         store
             .get::<PoolRecord>(&keys::pool(name))
             .await
@@ -314,7 +322,11 @@ impl MetaService {
                 );
             }
             txn.put_json(&vkey, &vrec);
-            txn.put_raw(keys::EXTENT_ID_COUNTER, next_id.to_string().into_bytes(), None);
+            txn.put_raw(
+                keys::EXTENT_ID_COUNTER,
+                next_id.to_string().into_bytes(),
+                None,
+            );
             for e in &batch {
                 txn.put_json(&keys::extent(&e.volume_uuid, e.index), e);
             }
@@ -329,7 +341,13 @@ impl MetaService {
                     volume.value = vrec;
                     volume.mod_rev = rev;
                     for (id, n) in touched {
-                        nodes.insert(id, Versioned { value: n, mod_rev: rev });
+                        nodes.insert(
+                            id,
+                            Versioned {
+                                value: n,
+                                mod_rev: rev,
+                            },
+                        );
                     }
                     written.extend(batch);
                 }
@@ -380,10 +398,7 @@ impl MetaService {
             }
             match store.commit(txn).await.map_err(store_status)? {
                 Commit::Applied(_) => {
-                    log::info!(
-                        "deleted volume '{name}' ({} extents freed)",
-                        extents.len()
-                    );
+                    log::info!("deleted volume '{name}' ({} extents freed)", extents.len());
                     return Ok(());
                 }
                 Commit::Conflict => continue,
@@ -777,7 +792,10 @@ impl Meta for MetaService {
                 txn.expect_rev(&vkey, vol.mod_rev).put_json(&vkey, &rec);
                 match store.commit(txn).await.map_err(store_status)? {
                     Commit::Applied(rev) => {
-                        vol = Versioned { value: rec, mod_rev: rev };
+                        vol = Versioned {
+                            value: rec,
+                            mod_rev: rev,
+                        };
                         Ok(Vec::new())
                     }
                     Commit::Conflict => Err(BatchStatus::Conflict { applied: 0 }),
@@ -909,7 +927,10 @@ impl Meta for MetaService {
                 .place(v.replica_count as usize, v.failure_domain, v.extent_size)
                 .map_err(|e| {
                     placement_status(
-                        &format!("extent {} of volume '{}' (pool '{}')", req.index, v.name, v.pool),
+                        &format!(
+                            "extent {} of volume '{}' (pool '{}')",
+                            req.index, v.name, v.pool
+                        ),
                         e,
                     )
                 })?;
@@ -957,8 +978,7 @@ impl Meta for MetaService {
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
         let req = request.into_inner();
         validate::name("node id", &req.id).map_err(invalid)?;
-        validate::zone(&req.zone)
-            .map_err(|e| invalid(format!("node '{}': {e}", req.id)))?;
+        validate::zone(&req.zone).map_err(|e| invalid(format!("node '{}': {e}", req.id)))?;
         let addrs = req.addresses.clone().unwrap_or_default();
         validate::address("gateway address", &addrs.gateway)
             .and_then(|_| validate::address("replica address", &addrs.replica))
@@ -1015,11 +1035,17 @@ impl Meta for MetaService {
                     old.as_ref()
                         .map_or("new".to_string(), |o| format!("{:?}", o.value.state).to_lowercase())
                 );
-                if let Some(o) = old.filter(|o| o.value.lease_id != lease_id && o.value.lease_id != 0)
+                if let Some(o) =
+                    old.filter(|o| o.value.lease_id != lease_id && o.value.lease_id != 0)
                 {
                     // Its liveness key now hangs on the new lease, so the
                     // old one holds nothing: revoking it only tidies etcd.
-                    let _ = self.inner.client.lease_client().revoke(o.value.lease_id).await;
+                    let _ = self
+                        .inner
+                        .client
+                        .lease_client()
+                        .revoke(o.value.lease_id)
+                        .await;
                 }
                 return Ok(Response::new(proto::RegisterNodeResponse {
                     lease_id,
@@ -1050,7 +1076,13 @@ impl Meta for MetaService {
                 req.node_id, req.lease_id, node.value.lease_id
             )));
         }
-        match self.inner.client.lease_client().keep_alive(req.lease_id).await {
+        match self
+            .inner
+            .client
+            .lease_client()
+            .keep_alive(req.lease_id)
+            .await
+        {
             Ok((_, _)) => Ok(Response::new(proto::KeepAliveResponse {
                 ttl_secs: self.inner.config.node_ttl_secs,
             })),
@@ -1092,12 +1124,16 @@ impl Meta for MetaService {
             node.value.capacity_total = req.capacity_total;
             node.value.capacity_free = req.capacity_free;
             let mut txn = Txn::new(format!("capacity of node '{}'", req.node_id));
-            txn.expect_rev(&key, node.mod_rev).put_json(&key, &node.value);
+            txn.expect_rev(&key, node.mod_rev)
+                .put_json(&key, &node.value);
             if let Commit::Applied(_) = store.commit(txn).await.map_err(store_status)? {
                 return Ok(Response::new(proto::ReportCapacityResponse {}));
             }
         }
-        Err(conflict_status(&format!("capacity of node '{}'", req.node_id)))
+        Err(conflict_status(&format!(
+            "capacity of node '{}'",
+            req.node_id
+        )))
     }
 
     async fn list_nodes(

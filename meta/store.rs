@@ -109,9 +109,8 @@ impl Txn {
 
     /// Requires no key under `prefix` (a range compare; etcd ≥ 3.3).
     pub fn expect_empty_prefix(&mut self, prefix: &str) -> &mut Self {
-        self.compares.push(
-            Compare::create_revision(prefix, CompareOp::Equal, 0).with_prefix(),
-        );
+        self.compares
+            .push(Compare::create_revision(prefix, CompareOp::Equal, 0).with_prefix());
         self
     }
 
@@ -139,8 +138,10 @@ impl Txn {
 
     /// Deletes every key under `prefix`.
     pub fn delete_prefix(&mut self, prefix: &str) -> &mut Self {
-        self.ops
-            .push(TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix())));
+        self.ops.push(TxnOp::delete(
+            prefix,
+            Some(DeleteOptions::new().with_prefix()),
+        ));
         self
     }
 
@@ -214,7 +215,10 @@ impl Store {
     }
 
     /// Reads and decodes one record.
-    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>, StoreError> {
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<T>>, StoreError> {
         let resp = self
             .client
             .kv_client()
@@ -274,7 +278,10 @@ impl Store {
     }
 
     /// Every record under `prefix`, in key order.
-    pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<Versioned<T>>, StoreError> {
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<Versioned<T>>, StoreError> {
         self.range(prefix, false)
             .await?
             .iter()
@@ -297,8 +304,11 @@ impl Store {
     pub async fn commit(&self, mut txn: Txn) -> Result<Commit, StoreError> {
         let mut failure = Vec::new();
         if let Some(f) = &self.fence {
-            txn.compares
-                .push(Compare::create_revision(f.key.clone(), CompareOp::Equal, f.rev));
+            txn.compares.push(Compare::create_revision(
+                f.key.clone(),
+                CompareOp::Equal,
+                f.rev,
+            ));
             // On failure, read the fence to tell "lost leadership" from an
             // ordinary conflict.
             failure.push(TxnOp::get(f.key.clone(), None));
@@ -321,7 +331,10 @@ impl Store {
         }
         if let Some(f) = &self.fence {
             let held = resp.op_responses().into_iter().any(|r| match r {
-                TxnOpResponse::Get(g) => g.kvs().first().is_some_and(|kv| kv.create_revision() == f.rev),
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.create_revision() == f.rev),
                 _ => false,
             });
             if !held {

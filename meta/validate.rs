@@ -28,7 +28,10 @@ pub fn name(what: &str, value: &str) -> Result<(), String> {
             &value[..value.char_indices().nth(32).map_or(value.len(), |(i, _)| i)]
         ));
     }
-    let first_ok = value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let first_ok = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     let all_ok = value
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -71,7 +74,11 @@ pub fn replica_count(pool: &str, value: u32) -> Result<(), String> {
 
 /// Resolves and checks a pool's extent size (0 means the default).
 pub fn extent_size(pool: &str, value: u64) -> Result<u64, String> {
-    let v = if value == 0 { DEFAULT_EXTENT_SIZE } else { value };
+    let v = if value == 0 {
+        DEFAULT_EXTENT_SIZE
+    } else {
+        value
+    };
     if !v.is_power_of_two() || !(MIN_EXTENT_SIZE..=MAX_EXTENT_SIZE).contains(&v) {
         return Err(format!(
             "pool '{pool}': extent size {v} is invalid: it must be a power of two from 1 MiB to 64 GiB"
@@ -114,7 +121,7 @@ pub fn volume_size(volume: &str, size: u64, block_size: u32) -> Result<(), Strin
     if size == 0 {
         return Err(format!("volume '{volume}': size is zero"));
     }
-    if size % u64::from(block_size) != 0 {
+    if !size.is_multiple_of(u64::from(block_size)) {
         return Err(format!(
             "volume '{volume}': size {size} is not a multiple of the block size {block_size}"
         ));
@@ -151,7 +158,9 @@ mod tests {
         assert_eq!(block_size("v", 0).unwrap(), 4096);
         assert!(block_size("v", 1024).is_err());
         assert!(volume_size("v", 0, 512).unwrap_err().contains("zero"));
-        assert!(volume_size("v", 1000, 512).unwrap_err().contains("multiple"));
+        assert!(volume_size("v", 1000, 512)
+            .unwrap_err()
+            .contains("multiple"));
         assert!(volume_size("v", 1024, 512).is_ok());
         assert_eq!(extent_count(1, 4), 1);
         assert_eq!(extent_count(8, 4), 2);

@@ -67,7 +67,11 @@ impl Proc {
 
     /// Sends `signal` (e.g. "TERM") and waits up to `timeout` for the exit
     /// status; SIGKILL after that.
-    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
         let _ = Command::new("kill")
             .arg(format!("-{signal}"))
@@ -102,7 +106,11 @@ pub struct Etcd {
 impl Etcd {
     pub fn start() -> Etcd {
         assert!(
-            Command::new("etcd").arg("--version").stdout(Stdio::null()).status().is_ok(),
+            Command::new("etcd")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok(),
             "etcd is missing: run scripts/install-deps.sh"
         );
         let dir = TempDir::new("etcd");
@@ -204,7 +212,7 @@ pub struct Meta {
     pub name: String,
     pub proc_: Proc,
     pub log: PathBuf,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 /// Options for a meta process.
@@ -241,7 +249,10 @@ impl Meta {
                 .args(["--node-grace-secs", &opts.node_grace_secs.to_string()])
                 .args(["--leader-ttl-secs", &opts.leader_ttl_secs.to_string()])
                 .args(["--etcd-max-txn-ops", &opts.max_txn_ops.to_string()])
-                .env("RUST_LOG", "info,ferrite_meta=debug,h2=info,tower=info,hyper=info")
+                .env(
+                    "RUST_LOG",
+                    "info,ferrite_meta=debug,h2=info,tower=info,hyper=info",
+                )
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).expect("meta log"))
                 .spawn()
@@ -254,10 +265,10 @@ impl Meta {
                     what: format!("ferrite-meta {name}"),
                 },
                 log,
-                _dir: TempDir::new("unused"),
+                _dir: None,
             };
             if m.wait_answering(Duration::from_secs(15)) {
-                m._dir = dir;
+                m._dir = Some(dir);
                 return m;
             }
             eprintln!("meta {name} did not come up:\n{}", m.log_tail());
@@ -316,7 +327,10 @@ pub async fn wait_leader(client: &MetaClient, timeout: Duration) -> proto::GetLe
                 return l;
             }
         }
-        assert!(Instant::now() < deadline, "no leader elected within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no leader elected within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -332,7 +346,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -352,7 +369,13 @@ pub fn node(id: &str, zone: &str, capacity: u64) -> proto::RegisterNodeRequest {
 }
 
 /// A pool request.
-pub fn pool(name: &str, rf: u32, thick: bool, extent_size: u64, zone: bool) -> proto::CreatePoolRequest {
+pub fn pool(
+    name: &str,
+    rf: u32,
+    thick: bool,
+    extent_size: u64,
+    zone: bool,
+) -> proto::CreatePoolRequest {
     proto::CreatePoolRequest {
         name: name.into(),
         replica_count: rf,
@@ -382,7 +405,11 @@ pub fn volume(name: &str, pool: &str, size: u64, block_size: u32) -> proto::Crea
 
 /// Asserts that `r` failed with `code` and a message containing `needle`.
 #[track_caller]
-pub fn assert_err<T: std::fmt::Debug>(r: Result<T, ferrite_meta::client::Status>, code: ferrite_meta::client::Code, needle: &str) {
+pub fn assert_err<T: std::fmt::Debug>(
+    r: Result<T, ferrite_meta::client::Status>,
+    code: ferrite_meta::client::Code,
+    needle: &str,
+) {
     match r {
         Ok(v) => panic!("expected {code:?} containing '{needle}', got Ok({v:?})"),
         Err(s) => {
