@@ -513,7 +513,8 @@ impl Worker {
             self.id
         );
         super::reclaim(&self.sh);
-        self.sh.alloc().alloc(n).ok_or_else(|| StoreError::NoSpace {
+        let got = self.sh.alloc().alloc(n);
+        got.ok_or_else(|| StoreError::NoSpace {
             extent: id,
             needed: n * BS,
             free: self.sh.alloc().free_blocks() * BS,
@@ -1144,7 +1145,8 @@ impl Worker {
                         p
                     } else {
                         // Unmapped since the write was queued: allocate now.
-                        match self.sh.alloc().alloc(1) {
+                        let got = self.sh.alloc().alloc(1);
+                        match got {
                             Some(r) => {
                                 extra.push(r[0].0);
                                 r[0].0

@@ -1,0 +1,280 @@
+//! What the store does with bad devices and bad luck: a block corrupted on
+//! the device fails its read with a checksum error naming extent and offset
+//! (and the counter rises); a full device fails writes with NoSpace and
+//! harms nothing stored; a device holding something else, or a store of
+//! another format version, is refused; one store spans several devices.
+
+use ferrite_engine::bdev::{malloc, Backend};
+use ferrite_engine::rt::{Config, Runtime};
+use ferrite_engine::store::superblock::{Superblock, FORMAT_VERSION};
+use ferrite_engine::store::{ChunkStore, StoreError, StoreOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+const K4: usize = 4096;
+
+struct TempFiles(Vec<PathBuf>);
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn temp_files(tag: &str, sizes: &[u64]) -> TempFiles {
+    TempFiles(
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                let p = std::env::temp_dir()
+                    .join(format!("ferrite-faults-{}-{tag}-{i}", std::process::id()));
+                let f = std::fs::File::create(&p).unwrap();
+                f.set_len(s).unwrap();
+                p
+            })
+            .collect(),
+    )
+}
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        workers: 2,
+        journal_size: 2 << 20,
+        extent_size_max: 64 << 20,
+        ..Default::default()
+    }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    // Every 4 KiB block differs (so a test can find one on the device).
+    (0..len)
+        .map(|i| {
+            ((i as u8).wrapping_mul(7) ^ ((i / K4) as u8).wrapping_mul(13)).wrapping_add(seed) | 1
+        })
+        .collect()
+}
+
+/// Finds the device byte offset of a 4 KiB block by its content.
+fn find_block(file: &PathBuf, content: &[u8]) -> Option<u64> {
+    let data = std::fs::read(file).unwrap();
+    // The last copy: a journaled block also sits in the journal, before the data area.
+    data.chunks(K4)
+        .rposition(|c| c == content)
+        .map(|i| (i * K4) as u64)
+}
+
+#[test]
+fn corrupted_block_fails_with_checksum_error() {
+    let files = temp_files("corrupt", &[32 << 20]);
+    ChunkStore::format(&files.0, &opts()).unwrap();
+    let runtime = Runtime::new(Config::for_tests(2)).unwrap();
+    let store = ChunkStore::open(&files.0, &opts(), &runtime.handle()).unwrap();
+    store.create_extent(5, 1 << 20).unwrap();
+    let small = pattern(3, K4); // journaled, then home
+    let large: Vec<u8> = pattern(9, 32 * K4); // direct
+    store.write(5, 8 * K4 as u64, &small).unwrap();
+    store.write(5, 64 * K4 as u64, &large).unwrap();
+    store.checkpoint().unwrap(); // everything home, journal trimmed
+    store.close().unwrap();
+
+    // Flip bytes under the small block's home and one block of the large write.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&files.0[0])
+        .unwrap();
+    let home = find_block(&files.0[0], &small).expect("the small block is home");
+    f.write_all_at(&[0xAA, 0x55], home + 100).unwrap();
+    let big_block = &large[5 * K4..6 * K4];
+    let at = find_block(&files.0[0], big_block).expect("the large write is on the device");
+    f.write_all_at(&[0xFF], at + 4000).unwrap();
+    f.sync_all().unwrap();
+
+    let store = ChunkStore::open(&files.0, &opts(), &runtime.handle()).unwrap();
+    let mut b = vec![0u8; K4];
+    match store.read(5, 8 * K4 as u64, &mut b) {
+        Err(StoreError::Checksum {
+            extent: 5,
+            offset,
+            device_offset,
+            ..
+        }) => {
+            assert_eq!(offset, 8 * K4 as u64);
+            assert_eq!(device_offset, home);
+        }
+        other => panic!("expected a checksum error, got {other:?}"),
+    }
+    assert_eq!(store.stats().checksum_errors, 1);
+    let mut b = vec![0u8; 32 * K4];
+    match store.read(5, 64 * K4 as u64, &mut b) {
+        Err(StoreError::Checksum {
+            extent: 5, offset, ..
+        }) => assert_eq!(offset, 69 * K4 as u64),
+        other => panic!("expected a checksum error, got {other:?}"),
+    }
+    assert_eq!(store.stats().checksum_errors, 2);
+    // Blocks around it still read; rewriting the bad block heals it.
+    let mut b = vec![0u8; 5 * K4];
+    store.read(5, 64 * K4 as u64, &mut b).unwrap();
+    assert_eq!(&b[..], &large[..5 * K4]);
+    store.write(5, 8 * K4 as u64, &small).unwrap();
+    let mut b = vec![0u8; K4];
+    store.read(5, 8 * K4 as u64, &mut b).unwrap();
+    assert_eq!(b, small);
+    store.close().unwrap();
+}
+
+#[test]
+fn full_device_fails_with_no_space_and_keeps_data() {
+    malloc::create("faults-nospace", 24 << 20);
+    let devs = vec![PathBuf::from("faults-nospace")];
+    let o = StoreOptions {
+        backend: Backend::Malloc,
+        quarantine_max: 1 << 20,
+        ..opts()
+    };
+    ChunkStore::format(&devs, &o).unwrap();
+    let runtime = Runtime::new(Config::for_tests(2)).unwrap();
+    let store = ChunkStore::open(&devs, &o, &runtime.handle()).unwrap();
+    let (total, free) = store.capacity();
+    assert_eq!(total, free);
+    store.create_extent(1, 64 << 20).unwrap();
+    store.create_extent(2, 64 << 20).unwrap();
+    let keep = pattern(1, 256 * K4);
+    store.write(2, 0, &keep).unwrap();
+    let chunk = pattern(2, 64 * K4);
+    let mut written = 0u64;
+    let err = loop {
+        match store.write(1, written, &chunk) {
+            Ok(()) => written += chunk.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(written < 64 << 20, "the device never filled up");
+    };
+    assert!(
+        matches!(err, StoreError::NoSpace { extent: 1, .. }),
+        "{err:?}"
+    );
+    // Small journaled writes to unmapped blocks fail the same way.
+    let e = store.write(1, 63 << 20, &pattern(3, K4)).unwrap_err();
+    assert!(matches!(e, StoreError::NoSpace { .. }), "{e:?}");
+    // Overwrites of mapped blocks in place still work.
+    store.write(2, 0, &pattern(4, K4)).unwrap();
+    let mut b = vec![0u8; 255 * K4];
+    store.read(2, K4 as u64, &mut b).unwrap();
+    assert_eq!(&b[..], &keep[K4..]);
+    let mut b = vec![0u8; written as usize];
+    store.read(1, 0, &mut b).unwrap();
+    assert!(b.chunks(chunk.len()).all(|c| c == &chunk[..]));
+    // Freeing space makes room again (after the quarantine is reclaimed).
+    store.delete_extent(2).unwrap();
+    store.write(1, written, &chunk).unwrap();
+    store.close().unwrap();
+    // And the store still opens and reads after all that.
+    let store = ChunkStore::open(&devs, &o, &runtime.handle()).unwrap();
+    let mut b = vec![0u8; chunk.len()];
+    store.read(1, 0, &mut b).unwrap();
+    assert_eq!(b, chunk);
+    store.close().unwrap();
+    malloc::remove("faults-nospace");
+}
+
+#[test]
+fn foreign_devices_and_other_versions_are_refused() {
+    let files = temp_files("foreign", &[16 << 20]);
+    // Something else on the device: refused unless wiped.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files.0[0])
+        .unwrap()
+        .write_all_at(b"\x53\xef some other file system", 1024 + 56)
+        .unwrap();
+    let e = ChunkStore::format(&files.0, &opts()).unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Format { reason, .. } if reason.contains("other data")),
+        "{e}"
+    );
+    let runtime = Runtime::new(Config::for_tests(1)).unwrap();
+    let e = ChunkStore::open(&files.0, &opts(), &runtime.handle())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, StoreError::Format { reason, .. } if reason.contains("not a Ferrite store")),
+        "{e}"
+    );
+    let wipe = StoreOptions {
+        wipe: true,
+        ..opts()
+    };
+    ChunkStore::format(&files.0, &wipe).unwrap();
+    // An existing store is not formatted over by accident either.
+    let e = ChunkStore::format(&files.0, &opts()).unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Format { reason, .. } if reason.contains("already holds a Ferrite store")),
+        "{e}"
+    );
+    // Another format version: a clear error on open.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&files.0[0])
+        .unwrap();
+    let mut blk = vec![0u8; K4];
+    f.read_exact_at(&mut blk, 0).unwrap();
+    let mut sb = Superblock::decode(&blk).unwrap();
+    sb.version = FORMAT_VERSION + 1;
+    f.write_all_at(&sb.encode(), 0).unwrap();
+    f.write_all_at(&sb.encode(), K4 as u64).unwrap();
+    let e = ChunkStore::open(&files.0, &opts(), &runtime.handle())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, StoreError::Format { reason, .. } if reason.contains("format version")),
+        "{e}"
+    );
+    // One damaged copy is survivable.
+    ChunkStore::format(&files.0, &wipe).unwrap();
+    f.write_all_at(&[0xEE; 64], 0).unwrap();
+    let store = ChunkStore::open(&files.0, &opts(), &runtime.handle()).unwrap();
+    store.close().unwrap();
+}
+
+#[test]
+fn a_store_spans_several_devices() {
+    let files = temp_files("multi", &[24 << 20, 16 << 20]);
+    ChunkStore::format(&files.0, &opts()).unwrap();
+    let runtime = Runtime::new(Config::for_tests(2)).unwrap();
+    // Devices given in another order are matched by their superblocks.
+    let rev: Vec<PathBuf> = files.0.iter().rev().cloned().collect();
+    let store = ChunkStore::open(&rev, &opts(), &runtime.handle()).unwrap();
+    let (total, _) = store.capacity();
+    assert!(total > 24 << 20, "both data areas count: {total}");
+    store.create_extent(1, 32 << 20).unwrap();
+    let data = pattern(5, 6 << 20);
+    for (i, c) in data.chunks(1 << 20).enumerate() {
+        store.write(1, (i << 20) as u64, c).unwrap();
+    }
+    let s = store.stats();
+    assert_eq!(s.devices.len(), 2);
+    assert!(
+        s.devices.iter().all(|d| d.stats.bytes_written > 0),
+        "{:?}",
+        s.devices
+    );
+    store.close().unwrap();
+    let store = ChunkStore::open(&files.0, &opts(), &runtime.handle()).unwrap();
+    let mut b = vec![0u8; data.len()];
+    store.read(1, 0, &mut b).unwrap();
+    assert_eq!(b, data);
+    store.close().unwrap();
+    // Only one of the two: refused with a clear error.
+    let e = ChunkStore::open(&files.0[..1], &opts(), &runtime.handle())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, StoreError::Format { reason, .. } if reason.contains("device(s) were given")),
+        "{e}"
+    );
+}
