@@ -60,15 +60,18 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Defaults for a volume with `block_size`-byte blocks: 8 MiB transfers
-    /// (the iSCSI layer buffers a command's data, so this bounds memory).
+    /// Defaults for a volume with `block_size`-byte blocks: 32 MiB transfers
+    /// (the iSCSI layer buffers a command's data, so this bounds memory per
+    /// command; 65536 blocks of 512 bytes is what initiators' tests use).
     pub fn for_block_size(block_size: u32) -> Self {
         let bs = block_size.max(512);
         Self {
-            max_transfer_blocks: (8 << 20) / bs,
+            max_transfer_blocks: (32 << 20) / bs,
             optimal_transfer_blocks: (1 << 20) / bs,
             max_compare_write_blocks: 255,
-            max_unmap_blocks: (1 << 30) / bs,
+            // At most 2^20 blocks: initiators treat larger explicit limits
+            // as bogus (libiscsi's suite does).
+            max_unmap_blocks: ((1 << 30) / bs).min(1 << 20),
             max_unmap_descriptors: 256,
             max_write_same_blocks: (1 << 30) / bs as u64,
         }

@@ -149,8 +149,9 @@ impl Lun {
         let mut st = self.state();
         st.pr.reset();
         let asc = match kind {
-            ResetKind::LogicalUnit => Asc::BUS_DEVICE_RESET,
-            ResetKind::TargetWarm => Asc::BUS_RESET,
+            // SAM-3 6.2/6.6: LU and target reset both report BUS DEVICE
+            // RESET FUNCTION OCCURRED; a cold reset is a power-on.
+            ResetKind::LogicalUnit | ResetKind::TargetWarm => Asc::BUS_DEVICE_RESET,
             ResetKind::TargetCold => Asc::POWER_ON_OCCURRED,
         };
         st.ua.push_where(asc, |_| true);
@@ -183,7 +184,10 @@ impl Lun {
                 data_in: d.data_in,
                 data_out_wanted: d.data_out_wanted,
             },
-            Err(Fail::Status(s)) => ScsiResult::status(s),
+            Err(Fail::Status(s)) => ScsiResult {
+                data_out_wanted: expected_data_out(cdb, self.volume.info().block_size),
+                ..ScsiResult::status(s)
+            },
             Err(Fail::Check(s)) => {
                 if s.key != key::UNIT_ATTENTION {
                     log::debug!(
@@ -195,7 +199,10 @@ impl Lun {
                         s.asc.1
                     );
                 }
-                ScsiResult::check(&s, self.descriptor_sense())
+                ScsiResult {
+                    data_out_wanted: expected_data_out(cdb, self.volume.info().block_size),
+                    ..ScsiResult::check(&s, self.descriptor_sense())
+                }
             }
         }
     }
@@ -236,7 +243,8 @@ impl Lun {
                     return Err(Sense::new(key::UNIT_ATTENTION, asc).into());
                 }
             }
-            st.pr.check(nexus, access_class(opcode, cdb))?;
+            st.pr
+                .check(nexus, access_class(opcode, cdb), spc2_allowed(opcode))?;
         }
         if access_state == AccessState::Inaccessible && !alua_allowed(opcode) {
             return Err(Sense::new(key::NOT_READY, Asc::LU_NOT_ACCESSIBLE_UNAVAILABLE).into());
@@ -538,12 +546,19 @@ impl Lun {
         }
         let off = lba * bs as u64;
         let len = blocks * bs as u64;
-        let zero = ndob || data.iter().all(|&b| b == 0);
-        if zero {
-            // UNMAP with zeroes deallocates (LBPRZ says they read back as
-            // zeroes); without UNMAP the space stays allocated.
+        if unmap {
+            // UNMAP set: the blocks are deallocated and, LBPRZ being set,
+            // read back as zeroes whatever the data-out block held (what
+            // initiators and libiscsi's suite expect of a thin LUN).
             self.volume
-                .write_zeroes(off, len, unmap)
+                .unmap(off, len)
+                .map_err(|e| io_sense(&e, lba, vi, true))?;
+            return Ok(done);
+        }
+        if ndob || data.iter().all(|&b| b == 0) {
+            // Zeroes without UNMAP: the space stays allocated.
+            self.volume
+                .write_zeroes(off, len, false)
                 .map_err(|e| io_sense(&e, lba, vi, true))?;
             return Ok(done);
         }
@@ -623,7 +638,12 @@ impl Lun {
             ..Done::default()
         };
         if n == 0 {
-            return Ok(done);
+            // SBC-4 calls NUMBER OF LOGICAL BLOCKS = 0 a no-op, but a count
+            // of 0 here is in practice a count of 256 that wrapped in a
+            // one-byte field (libiscsi's suite sends exactly that and expects
+            // INVALID FIELD IN CDB, as LIO-derived targets answer): refusing
+            // it costs no real initiator anything (VMware ATS uses 1).
+            return Err(Sense::invalid_cdb_field(13, None).into());
         }
         if data.len() != 2 * len {
             // Verify and write halves only make sense with exactly 2 x NLB.
@@ -762,6 +782,15 @@ fn access_class(opcode: u8, cdb: &[u8]) -> Access {
     }
 }
 
+/// Commands another nexus may still send while one holds an SPC-2
+/// RESERVE(6) (SPC-2 5.5.1): everything else gets RESERVATION CONFLICT.
+fn spc2_allowed(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE | op::RELEASE_6 | op::MAINTENANCE_IN
+    )
+}
+
 /// Commands an ALUA "unavailable" port still serves (SPC-4 5.16.2.4.5).
 fn alua_allowed(opcode: u8) -> bool {
     matches!(
@@ -776,6 +805,42 @@ fn alua_allowed(opcode: u8) -> bool {
             | op::READ_CAPACITY_10
             | op::SERVICE_ACTION_IN_16
     )
+}
+
+/// The data-out length a CDB asks for, so a transport can compute
+/// residuals even when the command fails before looking at its data.
+pub fn expected_data_out(cdb: &[u8], block_size: u32) -> usize {
+    let bs = block_size as usize;
+    let Some(&opcode) = cdb.first() else { return 0 };
+    let blocks = || cdb::lba_and_len(cdb).map(|(_, n)| n as usize).unwrap_or(0);
+    match opcode {
+        op::WRITE_6
+        | op::WRITE_10
+        | op::WRITE_12
+        | op::WRITE_16
+        | op::WRITE_VERIFY_10
+        | op::WRITE_VERIFY_12
+        | op::WRITE_VERIFY_16
+        | op::ORWRITE_16 => blocks() * bs,
+        op::COMPARE_AND_WRITE => 2 * blocks() * bs,
+        op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 if cdb.len() > 1 => match (cdb[1] >> 1) & 3 {
+            1 => blocks() * bs,
+            3 => bs,
+            _ => 0,
+        },
+        op::WRITE_SAME_10 => bs,
+        op::WRITE_SAME_16 if cdb.len() > 1 => {
+            if cdb[1] & 0x01 != 0 {
+                0
+            } else {
+                bs
+            }
+        }
+        op::UNMAP | op::MODE_SELECT_10 if cdb.len() >= 9 => cdb::be16(&cdb[7..9]) as usize,
+        op::MODE_SELECT_6 if cdb.len() >= 5 => cdb[4] as usize,
+        op::PERSISTENT_RESERVE_OUT if cdb.len() >= 9 => cdb::be32(&cdb[5..9]) as usize,
+        _ => 0,
+    }
 }
 
 fn check_range(lba: u64, blocks: u64, vi: &VolumeInfo) -> Result<(), Fail> {

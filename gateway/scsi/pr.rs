@@ -121,14 +121,16 @@ impl PrState {
 
     /// Whether `n` may run a command of class `access` (SPC-4 table 110 for
     /// persistent reservations; SPC-2 7.21 for RESERVE(6)).
-    pub fn check(&self, n: &Nexus, access: Access) -> Result<(), PrError> {
-        if access == Access::Exempt {
-            return Ok(());
-        }
+    /// `spc2_allowed`: the command is one SPC-2 lets through another
+    /// nexus's RESERVE(6) (INQUIRY, REPORT LUNS, REQUEST SENSE, RELEASE).
+    pub fn check(&self, n: &Nexus, access: Access, spc2_allowed: bool) -> Result<(), PrError> {
         if let Some(k) = &self.spc2 {
-            if *k != n.key() {
+            if *k != n.key() && !spc2_allowed {
                 return Err(PrError::Conflict);
             }
+        }
+        if access == Access::Exempt {
+            return Ok(());
         }
         let Some(res) = &self.res else { return Ok(()) };
         if self.is_holder(n) {
@@ -583,9 +585,9 @@ mod tests {
         );
         pr.prout(&a, &cdb(1, ty::EXCLUSIVE_ACCESS), &params(0xA, 0))
             .unwrap();
-        assert_eq!(pr.check(&b, Access::Read), Err(PrError::Conflict));
-        assert!(pr.check(&a, Access::Write).is_ok());
-        assert!(pr.check(&b, Access::Exempt).is_ok());
+        assert_eq!(pr.check(&b, Access::Read, false), Err(PrError::Conflict));
+        assert!(pr.check(&a, Access::Write, false).is_ok());
+        assert!(pr.check(&b, Access::Exempt, false).is_ok());
         // Release with the wrong type is an error, with the right one works.
         assert!(matches!(
             pr.prout(&a, &cdb(2, ty::WRITE_EXCLUSIVE), &params(0xA, 0)),
@@ -593,7 +595,7 @@ mod tests {
         ));
         pr.prout(&a, &cdb(2, ty::EXCLUSIVE_ACCESS), &params(0xA, 0))
             .unwrap();
-        assert!(pr.check(&b, Access::Write).is_ok());
+        assert!(pr.check(&b, Access::Write, false).is_ok());
     }
 
     #[test]
@@ -609,7 +611,7 @@ mod tests {
             .unwrap();
         assert_eq!(uas.len(), 1);
         assert_eq!(uas[0].initiator_port, a.initiator_port);
-        assert_eq!(pr.check(&a, Access::Read), Err(PrError::Conflict));
+        assert_eq!(pr.check(&a, Access::Read, false), Err(PrError::Conflict));
         let keys = pr.prin(&[0x5E, 0, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap();
         assert_eq!(u32::from_be_bytes(keys[4..8].try_into().unwrap()), 8);
     }
@@ -620,9 +622,9 @@ mod tests {
         let (a, b) = (nx(1), nx(2));
         pr.reserve6(&a).unwrap();
         assert_eq!(pr.reserve6(&b), Err(PrError::Conflict));
-        assert_eq!(pr.check(&b, Access::Read), Err(PrError::Conflict));
+        assert_eq!(pr.check(&b, Access::Read, false), Err(PrError::Conflict));
         pr.release6(&b).unwrap(); // a no-op
-        assert_eq!(pr.check(&b, Access::Read), Err(PrError::Conflict));
+        assert_eq!(pr.check(&b, Access::Read, false), Err(PrError::Conflict));
         pr.nexus_lost(&a.key());
         pr.reserve6(&b).unwrap();
     }

@@ -25,6 +25,12 @@ impl Asc {
     pub const LU_NOT_ACCESSIBLE_TRANSITION: Asc = Asc(0x04, 0x0A);
     pub const LU_NOT_ACCESSIBLE_UNAVAILABLE: Asc = Asc(0x04, 0x0C);
     pub const WRITE_ERROR: Asc = Asc(0x0C, 0x00);
+    pub const UNEXPECTED_UNSOLICITED_DATA: Asc = Asc(0x0C, 0x0C);
+    pub const PROTOCOL_CRC_ERROR: Asc = Asc(0x47, 0x05);
+    pub const DATA_PHASE_ERROR: Asc = Asc(0x4B, 0x00);
+    pub const INVALID_TTT: Asc = Asc(0x4B, 0x01);
+    pub const TOO_MUCH_WRITE_DATA: Asc = Asc(0x4B, 0x02);
+    pub const DATA_OFFSET_ERROR: Asc = Asc(0x4B, 0x05);
     pub const INVALID_FIELD_IN_IU: Asc = Asc(0x0E, 0x03);
     pub const UNRECOVERED_READ_ERROR: Asc = Asc(0x11, 0x00);
     pub const MISCOMPARE_DURING_VERIFY: Asc = Asc(0x1D, 0x00);
