@@ -8,7 +8,7 @@ set -euo pipefail
 PKGS=(
   build-essential pkg-config protobuf-compiler libprotobuf-dev clang libclang-dev
   etcd-server etcd-client
-  fio qemu-utils libnbd-bin nbdkit
+  fio libnbd-bin nbdkit
   libiscsi-bin tgt
   python3-pip
   iproute2 procps psmisc
@@ -35,6 +35,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# qemu-img/qemu-io and qemu's iSCSI driver (qemu-block-extra) must be of one
+# version: the driver is a module that refuses to load into another build.
+# Some images carry a qemu-utils backport with no matching qemu-block-extra,
+# and Debian's qemu-system (the VM harness) breaks it anyway, so both come
+# from the same Debian release.
+qemu_ver=$(apt-cache policy qemu-block-extra 2>/dev/null | awk '/Candidate:/ {print $2}')
+have_utils=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+have_extra=$(dpkg-query -W -f='${Version}' qemu-block-extra 2>/dev/null || true)
+if [ -n "$qemu_ver" ] && { [ "$have_utils" != "$have_extra" ] || [ -z "$have_extra" ] || ! command -v qemu-io >/dev/null; }; then
+  echo "install-deps: installing qemu-utils and qemu-block-extra $qemu_ver (one version for both)"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    "qemu-utils=$qemu_ver" "qemu-block-extra=$qemu_ver" >/dev/null
 fi
 
 pip_missing=()

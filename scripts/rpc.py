@@ -152,6 +152,10 @@ def build_parser():
     sp = method("node_remove", "Remove an empty node from the cluster.", lambda a: {"id": a.id})
     sp.add_argument("id")
 
+    # Node state.
+    method("store_get_stats", "Chunk store counters: capacity, bytes, write amplification, checksum errors.")
+    method("metrics_get", "Every metric of this node (the same as the Prometheus endpoint), as JSON.")
+
     # Anything else, raw.
     sp = sub.add_parser("call", help="Call any method with raw JSON params.",
                         description="Call any method with raw JSON params.")
@@ -189,7 +193,12 @@ def main(argv):
     except (OSError, ConnectionError) as e:
         print(f"rpc.py: {method}: {e}", file=sys.stderr)
         return 3
-    print(json.dumps(result, indent=2))
+    try:
+        print(json.dumps(result, indent=2))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (e.g. `grep -q`) has what it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -1,13 +1,21 @@
-//! `ferrited`: the Ferrite node daemon.
+//! `ferrited`: the Ferrite node daemon: chunk server and access gateway on
+//! one set of pinned reactors.
+
+mod node;
 
 use clap::Parser;
-use ferrite_engine::rt::{self, Config, CoreSet, PollMode, Runtime};
+use ferrite_engine::rt::{Config, CoreSet, PollMode, Runtime};
+use node::{Node, NodeConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// Ferrite's node daemon: chunk server and access gateway on one set of
-/// pinned reactors.
 #[derive(Parser, Debug)]
-#[command(name = "ferrited", version, about)]
+#[command(
+    name = "ferrited",
+    version,
+    about = "Ferrite node daemon: chunk server and access gateway"
+)]
 struct Args {
     /// Core mask, SPDK style: one reactor per set bit (e.g. 0x3).
     #[arg(short = 'm', long = "cpumask", conflicts_with = "cores")]
@@ -28,12 +36,73 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// JSON-RPC socket path.
-    #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/ferrite.sock")]
-    rpc_socket: String,
+    #[arg(
+        short = 'r',
+        long = "rpc-socket",
+        default_value = "/var/tmp/ferrite.sock"
+    )]
+    rpc_socket: PathBuf,
+    /// This node's id in the cluster (default: the host name).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Failure-domain zone of this node.
+    #[arg(long, default_value = "default")]
+    zone: String,
+    /// Where device files live when --device is not given.
+    #[arg(long, default_value = "/var/lib/ferrite")]
+    data_dir: PathBuf,
+    /// A device (file or block device) of the chunk store; repeat for more.
+    /// Default: DATA_DIR/dev0.img.
+    #[arg(long = "device")]
+    devices: Vec<PathBuf>,
+    /// Size of a device file created because it does not exist (e.g. 8G).
+    #[arg(long, default_value = "8G", value_parser = parse_size)]
+    device_size: u64,
+    /// ferrite-meta endpoints, host:port, comma separated.
+    #[arg(long, default_value = "127.0.0.1:7000", value_delimiter = ',')]
+    meta: Vec<String>,
+    /// NBD listen address, or "off".
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    nbd: String,
+    /// Replica protocol listen address (other nodes send extent I/O here).
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    replica: SocketAddr,
+    /// Prometheus endpoint address, or "off".
+    #[arg(long, default_value = "127.0.0.1:9560")]
+    metrics: String,
+    /// Host name or address other nodes and initiators use to reach this node.
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise: String,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.trim_end_matches('B').trim_end_matches('I');
+    let (num, mult) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("'{s}' is not a size like 8G or 512M"))
+}
+
+fn parse_addr(what: &str, s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("--{what} '{s}' is not host:port or 'off'"))
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let args = Args::parse();
     if let Err(e) = run(args) {
         eprintln!("ferrited: {e}");
@@ -47,8 +116,33 @@ fn run(args: Args) -> Result<(), String> {
         (None, Some(l)) => CoreSet::parse_list(l)?,
         (None, None) => CoreSet::parse_mask("0x1")?,
     };
+    let node_id = match args.node_id.clone() {
+        Some(n) => n,
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "node1".into()),
+    };
+    let devices = if args.devices.is_empty() {
+        vec![args.data_dir.join("dev0.img")]
+    } else {
+        args.devices.clone()
+    };
+    let cfg = NodeConfig {
+        node_id,
+        zone: args.zone.clone(),
+        devices,
+        device_size: args.device_size,
+        meta: args.meta.clone(),
+        rpc_socket: args.rpc_socket.clone(),
+        nbd: parse_addr("nbd", &args.nbd)?,
+        metrics: parse_addr("metrics", &args.metrics)?,
+        replica: args.replica,
+        advertise_host: args.advertise.clone(),
+    };
+
     // Before any thread exists, so that every thread inherits the mask.
-    ferrite_sys::signals::block_termination_signals().map_err(|e| format!("blocking signals: {e}"))?;
+    ferrite_sys::signals::block_termination_signals()
+        .map_err(|e| format!("blocking signals: {e}"))?;
     let config = Config {
         cores,
         pin: !args.no_pin,
@@ -59,15 +153,29 @@ fn run(args: Args) -> Result<(), String> {
         ..Config::default()
     };
     let runtime = Runtime::new(config.clone()).map_err(|e| format!("starting reactors: {e}"))?;
-    for r in runtime.handle().reactors() {
-        log::info!("reactor {} on core {:?} ({:?} polling)", r.id(), r.core(), config.poll_mode);
-    }
-    log::info!("ferrited running with {} reactors; it serves nothing yet (volumes and exports land with issue 4)", runtime.reactor_count());
-    let _ = &args.rpc_socket;
+    log::info!(
+        "{} reactors on cores {} ({:?} polling)",
+        runtime.reactor_count(),
+        config.cores,
+        config.poll_mode
+    );
+
+    let node = match Node::start(&cfg, runtime.handle()) {
+        Ok(n) => n,
+        Err(e) => {
+            runtime.shutdown();
+            return Err(e);
+        }
+    };
+    log::info!(
+        "ferrited '{}' ready; RPC on {}",
+        cfg.node_id,
+        cfg.rpc_socket.display()
+    );
     let sig = ferrite_sys::signals::wait_termination_signal();
     log::info!("{sig}: shutting down");
+    node.stop();
     runtime.shutdown();
-    log::info!("all reactors stopped");
-    let _ = rt::current_reactor();
+    log::info!("stopped");
     Ok(())
 }

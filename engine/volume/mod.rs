@@ -11,6 +11,7 @@
 //! to protocol status codes in each front end.
 
 pub mod client;
+pub mod local;
 pub mod mem;
 
 use std::fmt;

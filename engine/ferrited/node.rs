@@ -1,0 +1,362 @@
+//! Assembling a node: store, meta link, volume client, front ends, control
+//! socket, metrics; and taking them down again in the right order.
+
+use ferrite_engine::cluster::rpc::ClusterEvents;
+use ferrite_engine::cluster::{MetaCatalog, MetaLink};
+use ferrite_engine::metrics::http::MetricsServer;
+use ferrite_engine::metrics::{self, Metrics, Sample};
+use ferrite_engine::rpc::server::RpcServer;
+use ferrite_engine::rpc::Registry;
+use ferrite_engine::rt::{self, Handle};
+use ferrite_engine::store::{ChunkStore, StoreError, StoreOptions};
+use ferrite_engine::volume::client::VolumeClient;
+use ferrite_engine::volume::local::LocalStoreIo;
+use ferrite_engine::volume::VolumeProvider;
+use ferrite_gateway::nbd::NbdServer;
+use ferrite_meta::client::NodeKeeper;
+use ferrite_meta::proto;
+use serde_json::{json, Value};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a node is configured with (from the command line).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub zone: String,
+    pub devices: Vec<PathBuf>,
+    /// Size of a device file created because it did not exist.
+    pub device_size: u64,
+    pub meta: Vec<String>,
+    pub rpc_socket: PathBuf,
+    pub nbd: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub replica: SocketAddr,
+    /// The address other nodes and initiators reach this node's front ends at.
+    pub advertise_host: String,
+}
+
+/// A running node.
+pub struct Node {
+    handle: Handle,
+    store: Arc<ChunkStore>,
+    keeper: Option<NodeKeeper>,
+    rpc: Option<RpcServer>,
+    nbd: Arc<NbdServer>,
+    metrics_http: Option<MetricsServer>,
+    stop_background: Arc<AtomicBool>,
+    _link: Arc<MetaLink>,
+}
+
+impl Node {
+    pub fn start(cfg: &NodeConfig, handle: Handle) -> Result<Self, String> {
+        let store = open_store(cfg, &handle)?;
+        let (total, free) = store.capacity();
+        log::info!(
+            "store open on {:?}: {} MiB total, {} MiB free",
+            cfg.devices,
+            total >> 20,
+            free >> 20
+        );
+
+        let link = MetaLink::new(&cfg.meta)?;
+        let gateway_addr = cfg
+            .nbd
+            .map(|a| format!("{}:{}", cfg.advertise_host, a.port()))
+            .unwrap_or_default();
+        let reg = proto::RegisterNodeRequest {
+            id: cfg.node_id.clone(),
+            addresses: Some(proto::NodeAddresses {
+                gateway: gateway_addr,
+                replica: format!("{}:{}", cfg.advertise_host, cfg.replica.port()),
+            }),
+            zone: cfg.zone.clone(),
+            capacity_total: total,
+            capacity_free: free,
+        };
+        let keeper = link.register_node(reg, Duration::from_secs(30))?;
+        log::info!("node '{}' registered with meta {:?}", cfg.node_id, cfg.meta);
+
+        let io = LocalStoreIo::new(store.clone());
+        let volumes = VolumeClient::new(MetaCatalog::new(link.clone()), io);
+        let nbd = NbdServer::new(handle.clone(), volumes.clone());
+
+        let registry = Registry::new();
+        let provider: Arc<dyn VolumeProvider> = volumes.clone();
+        ferrite_engine::rpc::spdk::register(&registry, handle.clone(), provider);
+        let events = Arc::new(NodeEvents {
+            node_id: cfg.node_id.clone(),
+            volumes: volumes.clone(),
+            nbd: nbd.clone(),
+            store: store.clone(),
+        });
+        ferrite_engine::cluster::rpc::register(&registry, link.clone(), events);
+        ferrite_gateway::nbd::register_rpc(&registry, nbd.clone());
+
+        let metrics = Metrics::new();
+        metrics::register_reactor_metrics(&metrics, handle.clone());
+        register_store_metrics(&metrics, store.clone());
+        register_volume_metrics(&metrics, volumes.clone());
+        let m = metrics.clone();
+        registry.register("metrics_get", move |_| Ok(m.render_json()));
+        let st = store.clone();
+        registry.register("store_get_stats", move |_| Ok(store_stats_json(&st)));
+
+        if let Some(addr) = cfg.nbd {
+            let bound = nbd
+                .listen(addr)
+                .map_err(|e| format!("NBD on {addr}: {e}"))?;
+            log::info!("NBD listening on {bound}");
+        }
+        let metrics_http = match cfg.metrics {
+            Some(a) => Some(
+                MetricsServer::start(&handle, a, metrics.clone())
+                    .map_err(|e| format!("metrics endpoint on {a}: {e}"))?,
+            ),
+            None => None,
+        };
+        let rpc = RpcServer::start(&handle, 0, &cfg.rpc_socket, registry.clone())
+            .map_err(|e| format!("RPC socket {}: {e}", cfg.rpc_socket.display()))?;
+
+        // Capacity reports keep placement honest as the store fills.
+        let stop_background = Arc::new(AtomicBool::new(false));
+        let (stop, st, l, id) = (
+            stop_background.clone(),
+            store.clone(),
+            link.clone(),
+            cfg.node_id.clone(),
+        );
+        handle.spawn_on(0, move || {
+            while !stop.load(Ordering::Acquire) {
+                for _ in 0..100 {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    rt::sleep(Duration::from_millis(100));
+                }
+                let (t, f) = st.capacity();
+                l.report_capacity(&id, t, f);
+            }
+        });
+
+        Ok(Self {
+            handle,
+            store,
+            keeper: Some(keeper),
+            rpc: Some(rpc),
+            nbd,
+            metrics_http,
+            stop_background,
+            _link: link,
+        })
+    }
+
+    /// Stops the front ends and the control socket, then closes the store
+    /// (a final checkpoint), then lets the lease go.
+    pub fn stop(mut self) {
+        self.stop_background.store(true, Ordering::Release);
+        if let Some(r) = self.rpc.take() {
+            r.stop();
+        }
+        for e in self.nbd.export_list() {
+            let _ = self.nbd.export_stop(&e.name);
+        }
+        self.metrics_http.take();
+        let store = self.store.clone();
+        let r = self.handle.spawn_on(0, move || store.close()).join();
+        match r {
+            Ok(Ok(())) => log::info!("store closed cleanly"),
+            Ok(Err(e)) => log::error!("closing the store: {e}"),
+            Err(e) => log::error!("closing the store: {e}"),
+        }
+        self.keeper.take();
+    }
+}
+
+/// Opens the store; formats devices only when they are blank (a new file or
+/// a zeroed device), never over anything else.
+fn open_store(cfg: &NodeConfig, handle: &Handle) -> Result<Arc<ChunkStore>, String> {
+    for d in &cfg.devices {
+        if !d.exists() {
+            if let Some(parent) = d.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+            }
+            let f = std::fs::File::create(d)
+                .map_err(|e| format!("creating device file {}: {e}", d.display()))?;
+            f.set_len(cfg.device_size)
+                .map_err(|e| format!("sizing device file {}: {e}", d.display()))?;
+            log::info!(
+                "created device file {} ({} MiB, sparse)",
+                d.display(),
+                cfg.device_size >> 20
+            );
+        }
+    }
+    let opts = StoreOptions {
+        workers: handle.reactor_count(),
+        ..StoreOptions::default()
+    };
+    let devices = cfg.devices.clone();
+    let h = handle.clone();
+    let opened = handle
+        .spawn_on(0, move || ChunkStore::open(&devices, &opts, &h))
+        .join()
+        .map_err(|e| e.to_string())?;
+    match opened {
+        Ok(s) => Ok(s),
+        Err(StoreError::Format { device, reason }) => {
+            let blank: Vec<&PathBuf> = cfg.devices.iter().filter(|d| is_blank(d)).collect();
+            if blank.len() != cfg.devices.len() {
+                return Err(format!("device {device} is not a Ferrite store ({reason}); refusing to format a device that holds data"));
+            }
+            log::info!("formatting blank device(s) {:?}", cfg.devices);
+            let opts = StoreOptions {
+                workers: handle.reactor_count(),
+                ..StoreOptions::default()
+            };
+            let devices = cfg.devices.clone();
+            let h = handle.clone();
+            handle
+                .spawn_on(0, move || {
+                    ChunkStore::format(&devices, &opts)?;
+                    ChunkStore::open(&devices, &opts, &h)
+                })
+                .join()
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("formatting {:?}: {e}", cfg.devices))
+        }
+        Err(e) => Err(format!("opening the store on {:?}: {e}", cfg.devices)),
+    }
+}
+
+/// Whether a device's first MiB is all zeroes (nothing was ever written).
+fn is_blank(path: &Path) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0;
+    while read < buf.len() {
+        match f.read(&mut buf[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(_) => return false,
+        }
+    }
+    buf[..read].iter().all(|&b| b == 0)
+}
+
+struct NodeEvents {
+    node_id: String,
+    volumes: Arc<VolumeClient>,
+    nbd: Arc<NbdServer>,
+    store: Arc<ChunkStore>,
+}
+
+impl ClusterEvents for NodeEvents {
+    fn volume_deleted(&self, name: &str, extents: &[proto::Extent]) {
+        for e in self.nbd.export_list() {
+            if e.volume == name {
+                let _ = self.nbd.export_stop(&e.name);
+            }
+        }
+        self.volumes.invalidate(name);
+        for e in extents
+            .iter()
+            .filter(|e| e.replicas.contains(&self.node_id))
+        {
+            if let Err(err) = self.store.delete_extent(e.id) {
+                log::debug!("deleting extent {} of volume {name}: {err}", e.id);
+            }
+        }
+    }
+
+    fn volume_resized(&self, name: &str) {
+        self.volumes.invalidate(name);
+    }
+}
+
+fn store_stats_json(store: &ChunkStore) -> Value {
+    let s = store.stats();
+    let (total, free) = store.capacity();
+    json!({
+        "capacity_total": total, "capacity_free": free,
+        "user_bytes_written": s.user_bytes_written, "user_bytes_read": s.user_bytes_read,
+        "device_bytes_written": s.device_bytes_written, "device_bytes_read": s.device_bytes_read,
+        "flushes": s.flushes, "journal_bytes": s.journal_bytes, "home_bytes": s.home_bytes,
+        "direct_bytes": s.direct_bytes, "checkpoint_bytes": s.checkpoint_bytes,
+        "checksum_errors": s.checksum_errors, "write_amplification": s.write_amplification,
+        "devices": s.devices.iter().map(|d| json!({"name": d.name, "bytes_written": d.stats.bytes_written, "bytes_read": d.stats.bytes_read, "flushes": d.stats.flushes})).collect::<Vec<_>>(),
+    })
+}
+
+fn register_store_metrics(m: &Metrics, store: Arc<ChunkStore>) {
+    m.register(move |out| {
+        let s = store.stats();
+        for d in &s.devices {
+            let l = || vec![("device", d.name.clone())];
+            out.push(Sample::counter(
+                "ferrite_device_written_bytes_total",
+                "Bytes written to the device",
+                l(),
+                d.stats.bytes_written as f64,
+            ));
+            out.push(Sample::counter(
+                "ferrite_device_read_bytes_total",
+                "Bytes read from the device",
+                l(),
+                d.stats.bytes_read as f64,
+            ));
+            out.push(Sample::counter(
+                "ferrite_device_flushes_total",
+                "Flushes sent to the device",
+                l(),
+                d.stats.flushes as f64,
+            ));
+        }
+        out.push(Sample::counter(
+            "ferrite_store_user_written_bytes_total",
+            "Bytes written by users of the store",
+            vec![],
+            s.user_bytes_written as f64,
+        ));
+        out.push(Sample::gauge(
+            "ferrite_store_write_amplification",
+            "Device bytes written over user bytes written",
+            vec![],
+            s.write_amplification,
+        ));
+        out.push(Sample::counter(
+            "ferrite_store_checksum_errors_total",
+            "Blocks whose crc32c did not match on read",
+            vec![],
+            s.checksum_errors as f64,
+        ));
+        let (t, f) = store.capacity();
+        out.push(Sample::gauge(
+            "ferrite_store_capacity_bytes",
+            "Store capacity",
+            vec![],
+            t as f64,
+        ));
+        out.push(Sample::gauge(
+            "ferrite_store_free_bytes",
+            "Free space in the store",
+            vec![],
+            f as f64,
+        ));
+    });
+}
+
+fn register_volume_metrics(m: &Metrics, volumes: Arc<VolumeClient>) {
+    m.register(move |out| {
+        for (name, st) in volumes.stats() {
+            st.samples(&name, out);
+        }
+    });
+}
