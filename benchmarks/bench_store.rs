@@ -1,0 +1,306 @@
+//! `make bench-store`: the chunk store against the raw ceiling of the same
+//! backing file, measured in the same run: fio's io_uring engine with
+//! direct I/O (Debian's `fio`) first, then the store formatted over the
+//! same file.
+//!
+//! Figures: 4 KiB random writes and reads at queue depth 32 (IOPS), 128 KiB
+//! sequential writes at queue depth 32 (MB/s), and the store's write
+//! amplification (device bytes written / user bytes written, measured after
+//! a checkpoint so that deferred home writes and checkpoints are counted).
+//!
+//! Environment: `FERRITE_BENCH_FILE` (default: a file in the temp dir),
+//! `FERRITE_BENCH_SIZE_MB` (default 3072), `FERRITE_BENCH_SECS` (per
+//! phase, default 8).
+
+use ferrite_benchmarks::result;
+use ferrite_engine::bdev::{dma, Backend};
+use ferrite_engine::rt::{Config, Runtime};
+use ferrite_engine::store::{ChunkStore, StoreOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const K4: u64 = 4096;
+const EXTENT: u64 = 256 << 20;
+const QD: usize = 32;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs one fio job; returns (IOPS, bytes/s) of its reads or writes.
+fn fio(file: &Path, name: &str, rw: &str, bs: &str, size_mb: u64, secs: u64) -> Option<(f64, f64)> {
+    let mut cmd = Command::new("fio");
+    cmd.args([
+        "--output-format=json",
+        &format!("--name={name}"),
+        &format!("--filename={}", file.display()),
+        "--ioengine=io_uring",
+        "--direct=1",
+        &format!("--rw={rw}"),
+        &format!("--bs={bs}"),
+        &format!("--iodepth={QD}"),
+        &format!("--size={size_mb}M"),
+        "--randrepeat=0",
+        "--norandommap",
+        "--group_reporting",
+    ]);
+    if secs > 0 {
+        cmd.args([&format!("--runtime={secs}"), "--time_based"]);
+    }
+    let out = cmd.output().ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "fio {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let job = &v["jobs"][0];
+    let dir = if rw.contains("read") { "read" } else { "write" };
+    Some((job[dir]["iops"].as_f64()?, job[dir]["bw_bytes"].as_f64()?))
+}
+
+struct Phase {
+    ops: u64,
+    bytes: u64,
+    secs: f64,
+    dev_written: u64,
+    user_written: u64,
+}
+
+/// `QD` coroutines over both reactors, each running `op(i, rng)` until the
+/// deadline or until `op` returns false.
+fn run_qd(
+    rt: &Runtime,
+    store: &Arc<ChunkStore>,
+    secs: u64,
+    op: impl Fn(&ChunkStore, u64, &mut u64) -> Option<u64> + Send + Sync + 'static,
+) -> Phase {
+    let before = store.stats();
+    let op = Arc::new(op);
+    let ops = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let t0 = Instant::now();
+    let joins: Vec<_> = (0..QD)
+        .map(|i| {
+            let (s, op, ops, bytes) = (store.clone(), op.clone(), ops.clone(), bytes.clone());
+            rt.spawn_on(i % rt.reactor_count(), move || {
+                let mut rng =
+                    0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                while Instant::now() < deadline {
+                    match op(&s, i as u64, &mut rng) {
+                        Some(n) => {
+                            ops.fetch_add(1, Ordering::Relaxed);
+                            bytes.fetch_add(n, Ordering::Relaxed);
+                        }
+                        None => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    for j in joins {
+        j.join().expect("benchmark coroutine");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    // Count deferred home writes and checkpoints in the figures.
+    store.checkpoint().expect("checkpoint");
+    let after = store.stats();
+    Phase {
+        ops: ops.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
+        secs,
+        dev_written: after.device_bytes_written - before.device_bytes_written,
+        user_written: after.user_bytes_written - before.user_bytes_written,
+    }
+}
+
+fn next(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
+}
+
+fn main() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .try_init();
+    let size_mb = env_u64("FERRITE_BENCH_SIZE_MB", 3072);
+    let secs = env_u64("FERRITE_BENCH_SECS", 8);
+    let file: PathBuf = std::env::var("FERRITE_BENCH_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("ferrite-bench-store.img"));
+    let working_mb: u64 = 1024; // random I/O working set
+    let seq_mb: u64 = 1024; // sequential write amount
+
+    // The backing file, fully written once so that neither fio nor the
+    // store pays for file-system block allocation.
+    println!(
+        "backing file {} ({size_mb} MiB), {secs} s per timed phase",
+        file.display()
+    );
+    let have_fio = Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let fresh = std::fs::metadata(&file)
+        .map(|m| m.len() != size_mb << 20)
+        .unwrap_or(true);
+    if fresh {
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(size_mb << 20))
+            .expect("create the backing file");
+        if have_fio {
+            fio(&file, "fill", "write", "1M", size_mb, 0).expect("fio fill");
+        } else {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .expect("open");
+            let buf = vec![1u8; 1 << 20];
+            for i in 0..size_mb {
+                std::os::unix::fs::FileExt::write_all_at(&f, &buf, i << 20).expect("fill");
+            }
+            f.sync_all().expect("sync");
+        }
+    }
+
+    // The raw ceiling.
+    let (raw_rw, raw_rr, raw_sw) = if have_fio {
+        (
+            fio(&file, "randwrite", "randwrite", "4k", working_mb, secs),
+            fio(&file, "randread", "randread", "4k", working_mb, secs),
+            fio(&file, "seqwrite", "write", "128k", seq_mb, 0),
+        )
+    } else {
+        eprintln!("fio not found (apt-get install fio): raw figures skipped");
+        (None, None, None)
+    };
+
+    // The store on the same file.
+    dma::configure(256 << 20);
+    let opts = StoreOptions {
+        workers: 2,
+        journal_size: 128 << 20,
+        backend: Backend::Uring,
+        wipe: true,
+        ..Default::default()
+    };
+    ChunkStore::format(&[file.clone()], &opts).expect("format");
+    let rt = Runtime::new(Config::for_tests(2)).expect("runtime");
+    let store = ChunkStore::open(&[file.clone()], &opts, &rt.handle()).expect("open");
+    let rand_ext = working_mb * (1 << 20) / EXTENT;
+    let seq_ext = seq_mb * (1 << 20) / EXTENT;
+    for id in 0..rand_ext + seq_ext {
+        store.create_extent(id, EXTENT).expect("create extent");
+    }
+    // Lay out the random working set (1 MiB writes, not measured).
+    {
+        let cursor = Arc::new(AtomicU64::new(0));
+        let total = rand_ext * EXTENT;
+        run_qd(&rt, &store, 3600, move |s, _, _| {
+            let at = cursor.fetch_add(1 << 20, Ordering::Relaxed);
+            if at >= total {
+                return None;
+            }
+            s.write(at / EXTENT, at % EXTENT, &vec![7u8; 1 << 20])
+                .expect("layout write");
+            Some(1 << 20)
+        });
+    }
+    let blocks = rand_ext * EXTENT / K4;
+    let rw = run_qd(&rt, &store, secs, move |s, i, rng| {
+        let b = next(rng) % blocks;
+        let data = [(i as u8).wrapping_add(b as u8); K4 as usize];
+        s.write(b * K4 / EXTENT, b * K4 % EXTENT, &data)
+            .expect("random write");
+        Some(K4)
+    });
+    let rr = run_qd(&rt, &store, secs, move |s, _, rng| {
+        let b = next(rng) % blocks;
+        let mut buf = [0u8; K4 as usize];
+        s.read(b * K4 / EXTENT, b * K4 % EXTENT, &mut buf)
+            .expect("random read");
+        Some(K4)
+    });
+    let cursor = Arc::new(AtomicU64::new(0));
+    let (base, total) = (rand_ext * EXTENT, seq_ext * EXTENT);
+    let sw = run_qd(&rt, &store, 3600, move |s, _, _| {
+        let at = cursor.fetch_add(128 << 10, Ordering::Relaxed);
+        if at >= total {
+            return None;
+        }
+        let pos = base + at;
+        s.write(pos / EXTENT, pos % EXTENT, &[0x5a; 128 << 10])
+            .expect("sequential write");
+        Some(128 << 10)
+    });
+    let stats = store.stats();
+    store.close().expect("close");
+    drop(rt);
+
+    let iops = |p: &Phase| p.ops as f64 / p.secs;
+    let mbps = |p: &Phase| p.bytes as f64 / p.secs / 1e6;
+    let wa = |p: &Phase| p.dev_written as f64 / p.user_written.max(1) as f64;
+    let raw = |x: &Option<(f64, f64)>, i: usize| x.map(|v| if i == 0 { v.0 } else { v.1 / 1e6 });
+    let pct =
+        |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.0}%", 100.0 * a / b));
+    let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.0}"));
+    println!();
+    println!("| workload | store | raw fio (io_uring, direct) | store/raw | store WA |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| 4k randwrite qd32 (IOPS) | {:.0} | {} | {} | {:.2} |",
+        iops(&rw),
+        show(raw(&raw_rw, 0)),
+        pct(iops(&rw), raw(&raw_rw, 0)),
+        wa(&rw)
+    );
+    println!(
+        "| 4k randread qd32 (IOPS) | {:.0} | {} | {} | |",
+        iops(&rr),
+        show(raw(&raw_rr, 0)),
+        pct(iops(&rr), raw(&raw_rr, 0))
+    );
+    println!(
+        "| 128k seqwrite qd32 (MB/s) | {:.0} | {} | {} | {:.2} |",
+        mbps(&sw),
+        show(raw(&raw_sw, 1)),
+        pct(mbps(&sw), raw(&raw_sw, 1)),
+        wa(&sw)
+    );
+    println!(
+        "store totals: {} batches, {} flushes, {} checkpoints, journal {} MiB, home {} MiB, direct {} MiB, checkpoints {} MiB, checksum errors {}",
+        stats.batches,
+        stats.flushes,
+        stats.checkpoints,
+        stats.journal_bytes >> 20,
+        stats.home_bytes >> 20,
+        stats.direct_bytes >> 20,
+        stats.checkpoint_bytes >> 20,
+        stats.checksum_errors
+    );
+    println!();
+    result("store_randwrite_4k_qd32_iops", iops(&rw), "iops");
+    if let Some(v) = raw(&raw_rw, 0) {
+        result("raw_randwrite_4k_qd32_iops", v, "iops");
+    }
+    result("store_randread_4k_qd32_iops", iops(&rr), "iops");
+    if let Some(v) = raw(&raw_rr, 0) {
+        result("raw_randread_4k_qd32_iops", v, "iops");
+    }
+    result("store_seqwrite_128k_mbps", mbps(&sw), "MB/s");
+    if let Some(v) = raw(&raw_sw, 1) {
+        result("raw_seqwrite_128k_mbps", v, "MB/s");
+    }
+    result("wa_randwrite_4k", wa(&rw), "ratio");
+    result("wa_seqwrite_128k", wa(&sw), "ratio");
+}
