@@ -222,8 +222,7 @@ fn run(args: Args) -> Result<(), String> {
             }
         }
     }
-    // Listeners also serve discovery: make the bound ones known.
-    for (a, _, _) in target.listeners() {
+    for (a, _) in &listeners {
         line.push_str(&format!(" listen={}:{}", a.traddr, a.trsvcid));
     }
 

@@ -30,7 +30,7 @@ pub fn log_page(target: &NvmfTarget, hostnqn: &str) -> Vec<u8> {
                 disc::ADRFAM_IPV4
             };
             e[2] = disc::SUBTYPE_NVME;
-            e[3] = disc::TREQ_NOT_REQUIRED_DSFC;
+            e[3] = disc::TREQ_NOT_SPECIFIED;
             e[4..6].copy_from_slice(&portid.to_le_bytes());
             e[6..8].copy_from_slice(&0xffffu16.to_le_bytes()); // dynamic controllers
             let asqsz = target.transport().map(|t| t.max_aq_depth).unwrap_or(128);

@@ -208,9 +208,10 @@ pub mod disc {
     pub const ADRFAM_IPV4: u8 = 1;
     pub const ADRFAM_IPV6: u8 = 2;
     pub const SUBTYPE_NVME: u8 = 2;
-    /// TREQ: secure channel not required (bits 1:0 = 10b) and SQ flow
-    /// control may be disabled (bit 2).
-    pub const TREQ_NOT_REQUIRED_DSFC: u8 = 0x02 | 0x04;
+    /// TREQ: "not specified", as Linux nvmet says for TCP. nvme-cli 2.3
+    /// (libnvme 1.3) turns "required" and "not required" both into a `tls`
+    /// connect option that kernels before 6.5 reject, so connect-all fails.
+    pub const TREQ_NOT_SPECIFIED: u8 = 0x00;
     /// Entries are 1024 bytes after a 1024-byte header.
     pub const ENTRY_LEN: usize = 1024;
 }

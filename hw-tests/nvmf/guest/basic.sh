@@ -1,0 +1,67 @@
+#!/bin/sh
+# The kernel's NVMe/TCP initiator against a Ferrite target the host
+# forwards to 10.0.2.100:4420 (subsystems) and :8009 (discovery):
+# discover, connect, fio verify (io_uring, 4k and 128k randrw, crc32c),
+# disconnect; again with header and data digests and with SQ flow control
+# disabled (C2H SUCCESS); connect-all through discovery; a namespace resize
+# the host sees; a host NQN not on the allowed list refused.
+# Env: NQN, NEW_SIZE (bytes, for the resize), FIO_SIZE_4K, FIO_SIZE_128K.
+set -u
+. /vm/common.sh
+nqn=${NQN:?}
+modprobe nvme_tcp || fail "modprobe nvme_tcp"
+
+log "discovery on 8009"
+nvme discover -t tcp -a "$VM_HOST" -s 8009 >/tmp/disc.txt 2>&1 || { cat /tmp/disc.txt; fail "nvme discover"; }
+cat /tmp/disc.txt
+grep -q "subnqn:  *$nqn" /tmp/disc.txt || fail "discovery log lacks $nqn"
+grep -q "traddr:  *10.0.2.100" /tmp/disc.txt || fail "discovery log does not advertise 10.0.2.100"
+nvme discover -t tcp -a "$VM_HOST" -s 4420 >/dev/null 2>&1 || fail "discovery on the subsystem port"
+mark discovery-ok
+
+for mode in plain digests sqflow; do
+    case $mode in
+        plain) opts= ;;
+        digests) opts="--hdr-digest --data-digest" ;;
+        sqflow) opts="--disable-sqflow" ;;
+    esac
+    log "connect ($mode)"
+    # shellcheck disable=SC2086
+    nvme connect -t tcp -a "$VM_HOST" -s 4420 -n "$nqn" $opts || fail "nvme connect $mode"
+    wait_for 20 nvme_dev_for "$nqn" || fail "no namespace appeared ($mode)"
+    dev=$(nvme_dev_for "$nqn")
+    nvme list | grep -E 'Node|nvme'
+    if [ "$mode" = sqflow ]; then
+        fio_verify "sqflow-4k" "$dev" 4k 8M
+    else
+        fio_verify "$mode-4k" "$dev" 4k "${FIO_SIZE_4K:-32M}"
+        fio_verify "$mode-128k" "$dev" 128k "${FIO_SIZE_128K:-64M}"
+    fi
+    nvme disconnect -n "$nqn" || fail "nvme disconnect $mode"
+    wait_for 20 no_dev_for "$nqn" || fail "namespace still there after disconnect ($mode)"
+    mark "$mode-ok"
+done
+
+log "connect-all through discovery (advertised 10.0.2.100:4420)"
+nvme connect-all -t tcp -a "$VM_HOST" -s 8009 || fail "nvme connect-all"
+wait_for 20 nvme_dev_for "$nqn" || fail "connect-all: no namespace"
+dev=$(nvme_dev_for "$nqn")
+before=$(blocks "$dev")
+log "resize: $dev has $before sectors; asking the host to grow the volume"
+mark resize-request
+want=$((${NEW_SIZE:?} / 512))
+wait_for 30 size_is "$dev" "$want" || fail "size stayed $(blocks "$dev") sectors, expected $want"
+dmesg | grep -i 'capacity change' | tail -1
+log "resize seen: $before -> $(blocks "$dev") sectors"
+dd if="$dev" of=/dev/null bs=4096 count=1 skip=$((want / 8 - 1)) iflag=direct 2>/dev/null || fail "reading the new last block"
+mark resize-ok
+nvme disconnect -n "$nqn" || fail "disconnect after connect-all"
+
+log "a host NQN that is not allowed"
+if nvme connect -t tcp -a "$VM_HOST" -s 4420 -n "$nqn" --hostnqn=nqn.2014-08.org.example:not-allowed 2>/tmp/deny.txt; then
+    fail "a host not on the list connected"
+fi
+cat /tmp/deny.txt
+dmesg | grep -i 'not allowed' | tail -1 | grep -q . || fail "no 'not allowed' in the kernel log"
+mark wrong-nqn-ok
+echo "NVMF BASIC OK"
