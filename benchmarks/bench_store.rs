@@ -14,7 +14,7 @@
 
 use ferrite_benchmarks::result;
 use ferrite_engine::bdev::{dma, Backend};
-use ferrite_engine::rt::{Config, Runtime};
+use ferrite_engine::rt::{Config, PollMode, Runtime};
 use ferrite_engine::store::{ChunkStore, StoreOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 const K4: u64 = 4096;
 const EXTENT: u64 = 256 << 20;
-const QD: usize = 32;
+fn qd() -> usize {
+    env_u64("FERRITE_BENCH_QD", 32) as usize
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -44,7 +46,7 @@ fn fio(file: &Path, name: &str, rw: &str, bs: &str, size_mb: u64, secs: u64) -> 
         "--direct=1",
         &format!("--rw={rw}"),
         &format!("--bs={bs}"),
-        &format!("--iodepth={QD}"),
+        &format!("--iodepth={}", qd()),
         &format!("--size={size_mb}M"),
         "--randrepeat=0",
         "--norandommap",
@@ -73,6 +75,9 @@ struct Phase {
     secs: f64,
     dev_written: u64,
     user_written: u64,
+    batches: u64,
+    flushes: u64,
+    cpu: f64,
 }
 
 /// `QD` coroutines over both reactors, each running `op(i, rng)` until the
@@ -89,7 +94,8 @@ fn run_qd(
     let bytes = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let t0 = Instant::now();
-    let joins: Vec<_> = (0..QD)
+    let cpu0 = ferrite_sys::process_cpu_time();
+    let joins: Vec<_> = (0..qd())
         .map(|i| {
             let (s, op, ops, bytes) = (store.clone(), op.clone(), ops.clone(), bytes.clone());
             rt.spawn_on(i % rt.reactor_count(), move || {
@@ -111,6 +117,8 @@ fn run_qd(
         j.join().expect("benchmark coroutine");
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = (ferrite_sys::process_cpu_time() - cpu0).as_secs_f64() / secs;
+    let mid = store.stats();
     // Count deferred home writes and checkpoints in the figures.
     store.checkpoint().expect("checkpoint");
     let after = store.stats();
@@ -120,6 +128,9 @@ fn run_qd(
         secs,
         dev_written: after.device_bytes_written - before.device_bytes_written,
         user_written: after.user_bytes_written - before.user_bytes_written,
+        batches: mid.batches - before.batches,
+        flushes: mid.flushes - before.flushes,
+        cpu,
     }
 }
 
@@ -174,7 +185,8 @@ fn main() {
     }
 
     // The raw ceiling.
-    let (raw_rw, raw_rr, raw_sw) = if have_fio {
+    let no_raw = std::env::var("FERRITE_BENCH_NO_RAW").is_ok();
+    let (raw_rw, raw_rr, raw_sw) = if have_fio && !no_raw {
         (
             fio(&file, "randwrite", "randwrite", "4k", working_mb, secs),
             fio(&file, "randread", "randread", "4k", working_mb, secs),
@@ -195,7 +207,20 @@ fn main() {
         ..Default::default()
     };
     ChunkStore::format(&[file.clone()], &opts).expect("format");
-    let rt = Runtime::new(Config::for_tests(2)).expect("runtime");
+    // Adaptive polling by default (2 cores shared with the kernel's I/O
+    // work); FERRITE_BENCH_POLL=busy for production-style busy polling.
+    let poll_mode = match std::env::var("FERRITE_BENCH_POLL").as_deref() {
+        Ok("busy") => PollMode::Busy,
+        _ => PollMode::Adaptive,
+    };
+    let spin_us = env_u64("FERRITE_BENCH_SPIN_US", 200);
+    let reactors = env_u64("FERRITE_BENCH_REACTORS", 2) as usize;
+    let rt = Runtime::new(Config {
+        poll_mode,
+        adaptive_spin: Duration::from_micros(spin_us),
+        ..Config::for_tests(reactors)
+    })
+    .expect("runtime");
     let store = ChunkStore::open(&[file.clone()], &opts, &rt.handle()).expect("open");
     let rand_ext = working_mb * (1 << 20) / EXTENT;
     let seq_ext = seq_mb * (1 << 20) / EXTENT;
@@ -277,6 +302,17 @@ fn main() {
         pct(mbps(&sw), raw(&raw_sw, 1)),
         wa(&sw)
     );
+    for (name, p) in [("randwrite", &rw), ("randread", &rr), ("seqwrite", &sw)] {
+        println!(
+            "store {name}: {} ops in {:.1} s, {} journal batches ({:.1} ops each), {} flushes, {:.0}% CPU (of 200%)",
+            p.ops,
+            p.secs,
+            p.batches,
+            p.ops as f64 / p.batches.max(1) as f64,
+            p.flushes,
+            100.0 * p.cpu
+        );
+    }
     println!(
         "store totals: {} batches, {} flushes, {} checkpoints, journal {} MiB, home {} MiB, direct {} MiB, checkpoints {} MiB, checksum errors {}",
         stats.batches,

@@ -83,11 +83,11 @@ impl MallocDevice {
                     o += n;
                 }
             }
-            IoOp::Write { offset, buf } => {
+            IoOp::Write { offset, buf, .. } => {
                 let o = *offset as usize;
                 data[o..o + buf.len()].copy_from_slice(buf.as_slice());
             }
-            IoOp::Writev { offset, bufs } => {
+            IoOp::Writev { offset, bufs, .. } => {
                 let mut o = *offset as usize;
                 for b in bufs.iter() {
                     data[o..o + b.len()].copy_from_slice(b.as_slice());

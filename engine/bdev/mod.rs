@@ -53,12 +53,22 @@ pub enum IoOp {
     /// Read `buf.len()` bytes at `offset` into `buf`.
     Read { offset: u64, buf: DmaBuf },
     /// Write `buf` at `offset`. Shared buffers let a caller keep reading
-    /// the data (a cache) while the device writes it.
-    Write { offset: u64, buf: Arc<DmaBuf> },
+    /// the data (a cache) while the device writes it. With `fua` the write
+    /// is stable when it completes (FUA / `RWF_DSYNC`): no flush needed.
+    Write {
+        offset: u64,
+        buf: Arc<DmaBuf>,
+        fua: bool,
+    },
     /// Read into consecutive buffers starting at `offset`.
     Readv { offset: u64, bufs: Vec<DmaBuf> },
-    /// Write consecutive buffers starting at `offset` (one device request).
-    Writev { offset: u64, bufs: Vec<Arc<DmaBuf>> },
+    /// Write consecutive buffers starting at `offset` (one device request);
+    /// `fua` as for `Write`.
+    Writev {
+        offset: u64,
+        bufs: Vec<Arc<DmaBuf>>,
+        fua: bool,
+    },
     /// Make every completed write stable (device cache flush / fdatasync).
     Flush,
     /// Make `len` bytes at `offset` read back as zeroes.
@@ -203,7 +213,12 @@ pub trait BlockDevice: Send + Sync {
 
     /// Writes `buf` at `offset`.
     fn write(&self, offset: u64, buf: Arc<DmaBuf>) -> io::Result<()> {
-        one(self.submit(vec![IoOp::Write { offset, buf }])).result
+        one(self.submit(vec![IoOp::Write {
+            offset,
+            buf,
+            fua: false,
+        }]))
+        .result
     }
 
     /// Reads consecutive buffers starting at `offset` in one request.
@@ -217,7 +232,12 @@ pub trait BlockDevice: Send + Sync {
 
     /// Writes consecutive buffers starting at `offset` in one request.
     fn writev(&self, offset: u64, bufs: Vec<Arc<DmaBuf>>) -> io::Result<()> {
-        one(self.submit(vec![IoOp::Writev { offset, bufs }])).result
+        one(self.submit(vec![IoOp::Writev {
+            offset,
+            bufs,
+            fua: false,
+        }]))
+        .result
     }
 
     /// Makes every completed write stable.

@@ -113,7 +113,13 @@ impl UringDevice {
     fn run_blocking(&self, op: &mut IoOp) -> io::Result<()> {
         match op {
             IoOp::Read { offset, buf } => self.file.read_exact_at(buf.as_mut_slice(), *offset),
-            IoOp::Write { offset, buf } => self.file.write_all_at(buf.as_slice(), *offset),
+            IoOp::Write { offset, buf, fua } => {
+                self.file.write_all_at(buf.as_slice(), *offset)?;
+                if *fua {
+                    self.file.sync_data()?;
+                }
+                Ok(())
+            }
             IoOp::Readv { offset, bufs } => {
                 let mut o = *offset;
                 for b in bufs.iter_mut() {
@@ -122,11 +128,14 @@ impl UringDevice {
                 }
                 Ok(())
             }
-            IoOp::Writev { offset, bufs } => {
+            IoOp::Writev { offset, bufs, fua } => {
                 let mut o = *offset;
                 for b in bufs.iter() {
                     self.file.write_all_at(b.as_slice(), o)?;
                     o += b.len() as u64;
+                }
+                if *fua {
+                    self.file.sync_data()?;
                 }
                 Ok(())
             }
@@ -344,15 +353,18 @@ impl Ring {
                         .build()
                 }
             }
-            IoOp::Write { offset, buf } => {
+            IoOp::Write { offset, buf, fua } => {
                 let (p, l) = (buf.as_ptr(), buf.len());
+                let flags = if *fua { libc::RWF_DSYNC } else { 0 };
                 if self.is_fixed(p, l) {
                     opcode::WriteFixed::new(target, p, l as u32, 0)
                         .offset(*offset)
+                        .rw_flags(flags)
                         .build()
                 } else {
                     opcode::Write::new(target, p, l as u32)
                         .offset(*offset)
+                        .rw_flags(flags)
                         .build()
                 }
             }
@@ -368,7 +380,8 @@ impl Ring {
                     .offset(*offset)
                     .build()
             }
-            IoOp::Writev { offset, bufs } => {
+            IoOp::Writev { offset, bufs, fua } => {
+                let flags = if *fua { libc::RWF_DSYNC } else { 0 };
                 slot.iov = bufs
                     .iter()
                     .map(|b| libc::iovec {
@@ -378,6 +391,7 @@ impl Ring {
                     .collect();
                 opcode::Writev::new(target, slot.iov.as_ptr(), slot.iov.len() as u32)
                     .offset(*offset)
+                    .rw_flags(flags)
                     .build()
             }
             IoOp::Flush => opcode::Fsync::new(target)

@@ -370,6 +370,7 @@ impl ChunkStore {
         let zero = Arc::new(DmaBuf::zeroed(BS as usize));
         for wk in 0..opts.workers {
             ops.push(IoOp::Write {
+                fua: false,
                 offset: sb0.journal_of(wk) * BS,
                 buf: zero.clone(),
             });
@@ -379,10 +380,12 @@ impl ChunkStore {
             };
             let img = checkpoint::encode(jid, 0, 0, &HashMap::new());
             ops.push(IoOp::Write {
+                fua: false,
                 offset: sb0.ckpt_slot(wk, 0) * BS,
                 buf: Arc::new(DmaBuf::copy_from(&img)),
             });
             ops.push(IoOp::Write {
+                fua: false,
                 offset: sb0.ckpt_slot(wk, 1) * BS,
                 buf: zero.clone(),
             });
@@ -395,10 +398,12 @@ impl ChunkStore {
                 d,
                 vec![
                     IoOp::Write {
+                        fua: false,
                         offset: 0,
                         buf: img.clone(),
                     },
                     IoOp::Write {
+                        fua: false,
                         offset: BS,
                         buf: img,
                     },
@@ -489,6 +494,7 @@ impl ChunkStore {
             batches: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             workers: OnceLock::new(),
+            flush_gates: (0..devs.len()).map(|_| Default::default()).collect(),
         });
         let nw = sh.opts.workers;
         let mut inits: Vec<WorkerInit> = Vec::with_capacity(nw);
@@ -526,6 +532,13 @@ impl ChunkStore {
         Ok(Arc::new(ChunkStore {
             inner: Arc::new(Inner { sh, workers }),
         }))
+    }
+
+    /// The reactor that serves extent `id`: callers that can choose where to
+    /// run (a gateway connection, a replication stream) save a hop by
+    /// calling from there.
+    pub fn reactor_of(&self, id: u64) -> usize {
+        self.worker(id).reactor
     }
 
     fn worker(&self, id: u64) -> &Arc<Worker> {

@@ -281,6 +281,7 @@ pub(crate) fn recover_worker(sh: &Arc<Shared>, w: usize) -> Result<WorkerInit, S
                 continue;
             }
             writes[e.pba.device()].push(IoOp::Write {
+                fua: false,
                 offset: e.pba.block() * BS,
                 buf: Arc::new(b),
             });
@@ -296,6 +297,7 @@ pub(crate) fn recover_worker(sh: &Arc<Shared>, w: usize) -> Result<WorkerInit, S
     sh.run_ops(
         0,
         vec![IoOp::Write {
+            fua: false,
             offset: j.block(lpos) * BS,
             buf: Arc::new(DmaBuf::zeroed(BS as usize)),
         }],
@@ -317,6 +319,7 @@ pub(crate) fn recover_worker(sh: &Arc<Shared>, w: usize) -> Result<WorkerInit, S
     let mut ops = Vec::new();
     for (i, part) in image.chunks(1 << 20).enumerate() {
         ops.push(IoOp::Write {
+            fua: false,
             offset: base + (i as u64) * (1 << 20),
             buf: Arc::new(DmaBuf::copy_from(part)),
         });

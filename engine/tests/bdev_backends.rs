@@ -52,6 +52,7 @@ fn exercise(dev: Arc<dyn BlockDevice>) {
     // A batch completes as a whole, in order.
     let done = dev.submit(vec![
         IoOp::Write {
+            fua: false,
             offset: 0,
             buf: Arc::new(DmaBuf::copy_from(&pattern(99, 4096))),
         },
