@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 CARGO_FLAGS ?= --release --workspace
 BIN := target/release
 
-.PHONY: all deps build run test unit-test bench bench-rt clean fmt lint test-aarch64
+.PHONY: all deps build run test unit-test bench bench-rt bench-nbd clean fmt lint test-aarch64
 
 all: build
 
@@ -31,10 +31,14 @@ unit-test:
 	$(CARGO) test $(CARGO_FLAGS) --lib
 
 # Benchmarks print their figures as `RESULT <name> <value> <unit>` lines.
-bench: bench-rt
+bench: bench-rt bench-nbd
 
 bench-rt: build
 	$(BIN)/bench-rt
+
+# fio's nbd engine against Ferrite's vol0 and against qemu-nbd, same run.
+bench-nbd: build
+	python3 benchmarks/bench_nbd.py
 
 # The runtime's tests on aarch64 under qemu-user (not part of `make test`:
 # it needs the cross toolchain: gcc-aarch64-linux-gnu libc6-dev-arm64-cross
