@@ -12,10 +12,10 @@
 //! `FERRITE_BENCH_SIZE_MB` (default 3072), `FERRITE_BENCH_SECS` (per
 //! phase, default 8).
 
-use ferrite_benchmarks::result;
+use ferrite_benchmarks::{median, result};
 use ferrite_engine::bdev::{dma, Backend};
 use ferrite_engine::rt::{Config, PollMode, Runtime};
-use ferrite_engine::store::{ChunkStore, StoreOptions};
+use ferrite_engine::store::{ChunkStore, StoreOptions, StoreStats};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,21 +184,128 @@ fn main() {
         }
     }
 
-    // The raw ceiling.
-    let no_raw = std::env::var("FERRITE_BENCH_NO_RAW").is_ok();
-    let (raw_rw, raw_rr, raw_sw) = if have_fio && !no_raw {
-        (
-            fio(&file, "randwrite", "randwrite", "4k", working_mb, secs),
-            fio(&file, "randread", "randread", "4k", working_mb, secs),
-            fio(&file, "seqwrite", "write", "128k", seq_mb, 0),
-        )
-    } else {
+    // Each run measures the raw ceiling (fio) and then the store formatted
+    // over the same file, so both see the machine in the same state; every
+    // figure is the median of the runs.
+    let runs = env_u64("FERRITE_BENCH_RUNS", 3).max(1);
+    let no_raw = std::env::var("FERRITE_BENCH_NO_RAW").is_ok() || !have_fio;
+    if !have_fio {
         eprintln!("fio not found (apt-get install fio): raw figures skipped");
-        (None, None, None)
-    };
-
-    // The store on the same file.
+    }
     dma::configure(256 << 20);
+    let mut raw_runs: Vec<[f64; 3]> = Vec::new();
+    let mut store_runs: Vec<[f64; 5]> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for run in 0..runs {
+        if !no_raw {
+            let rw = fio(&file, "randwrite", "randwrite", "4k", working_mb, secs)
+                .map_or(f64::NAN, |v| v.0);
+            let rr = fio(&file, "randread", "randread", "4k", working_mb, secs)
+                .map_or(f64::NAN, |v| v.0);
+            let sw =
+                fio(&file, "seqwrite", "write", "128k", seq_mb, 0).map_or(f64::NAN, |v| v.1 / 1e6);
+            raw_runs.push([rw, rr, sw]);
+        }
+        let (rw, rr, sw, stats) = store_run(&file, secs, working_mb, seq_mb);
+        let iops = |p: &Phase| p.ops as f64 / p.secs;
+        let mbps = |p: &Phase| p.bytes as f64 / p.secs / 1e6;
+        let wa = |p: &Phase| p.dev_written as f64 / p.user_written.max(1) as f64;
+        store_runs.push([iops(&rw), iops(&rr), mbps(&sw), wa(&rw), wa(&sw)]);
+        for (name, p) in [("randwrite", &rw), ("randread", &rr), ("seqwrite", &sw)] {
+            notes.push(format!(
+                "run {run} store {name}: {} ops in {:.1} s, {} journal batches ({:.1} ops each), {} flushes, {:.0}% CPU (of 200%)",
+                p.ops,
+                p.secs,
+                p.batches,
+                p.ops as f64 / p.batches.max(1) as f64,
+                p.flushes,
+                100.0 * p.cpu
+            ));
+        }
+        notes.push(format!(
+            "run {run} store totals: {} held writes merged into {} device writes, {} batches, {} flushes, {} checkpoints, journal {} MiB, home {} MiB, direct {} MiB, checkpoints {} MiB, checksum errors {}",
+            stats.held_writes,
+            stats.merged_writes,
+            stats.batches,
+            stats.flushes,
+            stats.checkpoints,
+            stats.journal_bytes >> 20,
+            stats.home_bytes >> 20,
+            stats.direct_bytes >> 20,
+            stats.checkpoint_bytes >> 20,
+            stats.checksum_errors
+        ));
+    }
+    let med = |i: usize, v: &Vec<[f64; 5]>| median(v.iter().map(|r| r[i]).collect());
+    let rawmed = |i: usize| -> Option<f64> {
+        (!raw_runs.is_empty()).then(|| {
+            median(
+                raw_runs
+                    .iter()
+                    .map(|r| r[i])
+                    .filter(|x| !x.is_nan())
+                    .collect(),
+            )
+        })
+    };
+    let (s_rw, s_rr, s_sw, wa_rw, wa_sw) = (
+        med(0, &store_runs),
+        med(1, &store_runs),
+        med(2, &store_runs),
+        med(3, &store_runs),
+        med(4, &store_runs),
+    );
+    let (r_rw, r_rr, r_sw) = (rawmed(0), rawmed(1), rawmed(2));
+    let pct =
+        |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.0}%", 100.0 * a / b));
+    let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.0}"));
+    println!();
+    println!("median of {runs} runs; each run: fio on the file, then the store formatted over it");
+    println!("| workload | store | raw fio (io_uring, direct) | store/raw | store WA |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| 4k randwrite qd32 (IOPS) | {s_rw:.0} | {} | {} | {wa_rw:.2} |",
+        show(r_rw),
+        pct(s_rw, r_rw)
+    );
+    println!(
+        "| 4k randread qd32 (IOPS) | {s_rr:.0} | {} | {} | |",
+        show(r_rr),
+        pct(s_rr, r_rr)
+    );
+    println!(
+        "| 128k seqwrite qd32 (MB/s) | {s_sw:.0} | {} | {} | {wa_sw:.2} |",
+        show(r_sw),
+        pct(s_sw, r_sw)
+    );
+    for n in &notes {
+        println!("{n}");
+    }
+    println!();
+    result("store_randwrite_4k_qd32_iops", s_rw, "iops");
+    if let Some(v) = r_rw {
+        result("raw_randwrite_4k_qd32_iops", v, "iops");
+    }
+    result("store_randread_4k_qd32_iops", s_rr, "iops");
+    if let Some(v) = r_rr {
+        result("raw_randread_4k_qd32_iops", v, "iops");
+    }
+    result("store_seqwrite_128k_mbps", s_sw, "MB/s");
+    if let Some(v) = r_sw {
+        result("raw_seqwrite_128k_mbps", v, "MB/s");
+    }
+    result("wa_randwrite_4k", wa_rw, "ratio");
+    result("wa_seqwrite_128k", wa_sw, "ratio");
+}
+
+/// Formats the store over `file`, lays out the random working set, and
+/// measures random writes, random reads and sequential writes.
+fn store_run(
+    file: &Path,
+    secs: u64,
+    working_mb: u64,
+    seq_mb: u64,
+) -> (Phase, Phase, Phase, StoreStats) {
     let opts = StoreOptions {
         workers: 2,
         journal_size: 128 << 20,
@@ -206,7 +313,7 @@ fn main() {
         wipe: true,
         ..Default::default()
     };
-    ChunkStore::format(&[file.clone()], &opts).expect("format");
+    ChunkStore::format(&[file.to_path_buf()], &opts).expect("format");
     // Adaptive polling by default (2 cores shared with the kernel's I/O
     // work); FERRITE_BENCH_POLL=busy for production-style busy polling.
     let poll_mode = match std::env::var("FERRITE_BENCH_POLL").as_deref() {
@@ -221,7 +328,7 @@ fn main() {
         ..Config::for_tests(reactors)
     })
     .expect("runtime");
-    let store = ChunkStore::open(&[file.clone()], &opts, &rt.handle()).expect("open");
+    let store = ChunkStore::open(&[file.to_path_buf()], &opts, &rt.handle()).expect("open");
     let rand_ext = working_mb * (1 << 20) / EXTENT;
     let seq_ext = seq_mb * (1 << 20) / EXTENT;
     for id in 0..rand_ext + seq_ext {
@@ -271,72 +378,5 @@ fn main() {
     let stats = store.stats();
     store.close().expect("close");
     drop(rt);
-
-    let iops = |p: &Phase| p.ops as f64 / p.secs;
-    let mbps = |p: &Phase| p.bytes as f64 / p.secs / 1e6;
-    let wa = |p: &Phase| p.dev_written as f64 / p.user_written.max(1) as f64;
-    let raw = |x: &Option<(f64, f64)>, i: usize| x.map(|v| if i == 0 { v.0 } else { v.1 / 1e6 });
-    let pct =
-        |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.0}%", 100.0 * a / b));
-    let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.0}"));
-    println!();
-    println!("| workload | store | raw fio (io_uring, direct) | store/raw | store WA |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| 4k randwrite qd32 (IOPS) | {:.0} | {} | {} | {:.2} |",
-        iops(&rw),
-        show(raw(&raw_rw, 0)),
-        pct(iops(&rw), raw(&raw_rw, 0)),
-        wa(&rw)
-    );
-    println!(
-        "| 4k randread qd32 (IOPS) | {:.0} | {} | {} | |",
-        iops(&rr),
-        show(raw(&raw_rr, 0)),
-        pct(iops(&rr), raw(&raw_rr, 0))
-    );
-    println!(
-        "| 128k seqwrite qd32 (MB/s) | {:.0} | {} | {} | {:.2} |",
-        mbps(&sw),
-        show(raw(&raw_sw, 1)),
-        pct(mbps(&sw), raw(&raw_sw, 1)),
-        wa(&sw)
-    );
-    for (name, p) in [("randwrite", &rw), ("randread", &rr), ("seqwrite", &sw)] {
-        println!(
-            "store {name}: {} ops in {:.1} s, {} journal batches ({:.1} ops each), {} flushes, {:.0}% CPU (of 200%)",
-            p.ops,
-            p.secs,
-            p.batches,
-            p.ops as f64 / p.batches.max(1) as f64,
-            p.flushes,
-            100.0 * p.cpu
-        );
-    }
-    println!(
-        "store totals: {} batches, {} flushes, {} checkpoints, journal {} MiB, home {} MiB, direct {} MiB, checkpoints {} MiB, checksum errors {}",
-        stats.batches,
-        stats.flushes,
-        stats.checkpoints,
-        stats.journal_bytes >> 20,
-        stats.home_bytes >> 20,
-        stats.direct_bytes >> 20,
-        stats.checkpoint_bytes >> 20,
-        stats.checksum_errors
-    );
-    println!();
-    result("store_randwrite_4k_qd32_iops", iops(&rw), "iops");
-    if let Some(v) = raw(&raw_rw, 0) {
-        result("raw_randwrite_4k_qd32_iops", v, "iops");
-    }
-    result("store_randread_4k_qd32_iops", iops(&rr), "iops");
-    if let Some(v) = raw(&raw_rr, 0) {
-        result("raw_randread_4k_qd32_iops", v, "iops");
-    }
-    result("store_seqwrite_128k_mbps", mbps(&sw), "MB/s");
-    if let Some(v) = raw(&raw_sw, 1) {
-        result("raw_seqwrite_128k_mbps", v, "MB/s");
-    }
-    result("wa_randwrite_4k", wa(&rw), "ratio");
-    result("wa_seqwrite_128k", wa(&sw), "ratio");
+    (rw, rr, sw, stats)
 }

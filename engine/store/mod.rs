@@ -136,6 +136,10 @@ pub struct StoreStats {
     pub checksum_errors: u64,
     pub batches: u64,
     pub checkpoints: u64,
+    /// Sequential-stream writes that were held and merged, and the device
+    /// writes they were merged into.
+    pub held_writes: u64,
+    pub merged_writes: u64,
     /// Journaled blocks not yet home, quarantined blocks, journal blocks in use.
     pub dirty_blocks: u64,
     pub quarantined_blocks: u64,
@@ -493,6 +497,8 @@ impl ChunkStore {
             checksum_errors: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            held_writes: AtomicU64::new(0),
+            merged_writes: AtomicU64::new(0),
             workers: OnceLock::new(),
             flush_gates: (0..devs.len()).map(|_| Default::default()).collect(),
         });
@@ -706,6 +712,8 @@ impl ChunkStore {
             checksum_errors: l(&sh.checksum_errors),
             batches: l(&sh.batches),
             checkpoints: l(&sh.checkpoints),
+            held_writes: l(&sh.held_writes),
+            merged_writes: l(&sh.merged_writes),
             ..Default::default()
         };
         for w in &self.inner.workers {

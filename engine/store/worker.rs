@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub checksum_errors: AtomicU64,
     pub batches: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Writes held in a stream buffer, and the merged writes they became.
+    pub held_writes: AtomicU64,
+    pub merged_writes: AtomicU64,
     /// The workers, for reclaiming space across them.
     pub workers: std::sync::OnceLock<Vec<std::sync::Weak<Worker>>>,
     /// One per device: shares flushes between concurrent callers.
@@ -768,6 +771,10 @@ impl Worker {
     /// Writes a stream's held blocks as one direct write; every held write
     /// completes with its outcome.
     fn flush_stream(&self, id: u64, s: Stream) {
+        self.sh.merged_writes.fetch_add(1, Ordering::Relaxed);
+        self.sh
+            .held_writes
+            .fetch_add(s.waiters.len() as u64, Ordering::Relaxed);
         let _ = self.direct_write(id, s.lblock, s.bufs, s.crcs, s.waiters);
     }
 

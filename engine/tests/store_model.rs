@@ -110,7 +110,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize) {
     let mut seedgen = seed.wrapping_mul(1000);
     let mut runtime = Runtime::new(Config::for_tests(2)).unwrap();
     let mut store = ChunkStore::open(&devs, &o, &runtime.handle()).unwrap();
-    let (mut reopens, mut crashes, mut ckpts) = (0, 0, 0);
+    let (mut reopens, mut crashes, mut ckpts, mut held) = (0, 0, 0, 0);
     for step in 0..steps {
         let ids: Vec<u64> = m.extents.keys().copied().collect();
         let pick = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize];
@@ -218,6 +218,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize) {
             }
             86 => {
                 ckpts += store.stats().checkpoints;
+                held += store.stats().held_writes;
                 store.close().unwrap();
                 store = ChunkStore::open(&devs, &o, &runtime.handle()).unwrap();
                 reopens += 1;
@@ -226,6 +227,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize) {
             87 => {
                 // Crash: no close, the runtime goes away under the store.
                 ckpts += store.stats().checkpoints;
+                held += store.stats().held_writes;
                 drop(store);
                 drop(runtime);
                 runtime = Runtime::new(Config::for_tests(2)).unwrap();
@@ -241,9 +243,14 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize) {
     let s = store.stats();
     assert_eq!(s.checksum_errors, 0);
     ckpts += s.checkpoints;
+    held += s.held_writes;
+    assert!(
+        held > 0,
+        "concurrent adjacent writes must have been held and merged"
+    );
     assert!(ckpts > 0, "the small journal must have forced checkpoints");
     eprintln!(
-        "model ({backend:?}, seed {seed}): {steps} steps, {reopens} reopens, {crashes} crash reopens, {ckpts} checkpoints while running"
+        "model ({backend:?}, seed {seed}): {steps} steps, {reopens} reopens, {crashes} crash reopens, {ckpts} checkpoints while running, {held} writes held and merged"
     );
     store.close().unwrap();
 }
