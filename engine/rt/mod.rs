@@ -36,6 +36,7 @@ pub mod net;
 mod overflow;
 mod reactor;
 mod runtime;
+pub mod server;
 mod stack;
 pub mod sync;
 mod timer;
