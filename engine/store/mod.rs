@@ -501,6 +501,7 @@ impl ChunkStore {
             merged_writes: AtomicU64::new(0),
             workers: OnceLock::new(),
             flush_gates: (0..devs.len()).map(|_| Default::default()).collect(),
+            journal_writes: std::sync::atomic::AtomicUsize::new(0),
         });
         let nw = sh.opts.workers;
         let mut inits: Vec<WorkerInit> = Vec::with_capacity(nw);

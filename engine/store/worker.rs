@@ -66,7 +66,14 @@ pub(crate) struct Shared {
     pub workers: std::sync::OnceLock<Vec<std::sync::Weak<Worker>>>,
     /// One per device: shares flushes between concurrent callers.
     pub flush_gates: Vec<FlushGate>,
+    /// Journal batch writes issued and not yet followed by their flush: a
+    /// flush about to start waits briefly for them, so that the workers'
+    /// group commits share one device flush.
+    pub journal_writes: std::sync::atomic::AtomicUsize,
 }
+
+/// The longest a flush waits for a concurrent journal write to join it.
+const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(300);
 
 /// Flush sharing state of one device (see `Shared::flush_one`).
 #[derive(Default)]
@@ -166,9 +173,19 @@ impl Shared {
                 }
                 if !g.running {
                     g.running = true;
-                    let target = g.requested;
                     drop(g);
                     gate.waiters.remove(&mut ticket);
+                    // Gathering window: another worker's batch is being
+                    // written right now; its flush request follows within
+                    // one write latency, and this flush can serve it too.
+                    let until = std::time::Instant::now() + GATHER_MAX;
+                    while d == 0
+                        && self.journal_writes.load(Ordering::Acquire) > 0
+                        && std::time::Instant::now() < until
+                    {
+                        rt::sleep(std::time::Duration::from_micros(20));
+                    }
+                    let target = gate.lock().requested;
                     let r = self.run_ops(d, vec![IoOp::Flush]).map(|_| ());
                     let mut g = gate.lock();
                     g.running = false;
@@ -1085,6 +1102,11 @@ impl Worker {
                     self.sh.batches.fetch_add(1, Ordering::Relaxed);
                     self.home_ev.set();
                     batch.done.iter().for_each(|c| c.complete(Ok(())));
+                    // Let the writers just acknowledged run and queue their
+                    // next writes before the next batch is cut: otherwise
+                    // batches alternate between the few that arrived during
+                    // the flush and the many that were just woken.
+                    rt::yield_now();
                 }
                 Err(e) => {
                     self.fail(&e);
@@ -1367,7 +1389,10 @@ impl Worker {
             });
             off += n;
         }
-        self.sh.run_ops(0, ops)?;
+        self.sh.journal_writes.fetch_add(1, Ordering::AcqRel);
+        let r = self.sh.run_ops(0, ops);
+        self.sh.journal_writes.fetch_sub(1, Ordering::AcqRel);
+        r?;
         self.sh.journal_bytes.fetch_add(
             bytes + if skip_at.is_some() { BS } else { 0 },
             Ordering::Relaxed,
