@@ -15,13 +15,19 @@
 //! `test_volume_resize {name, size}` and `test_volume_set_access_state
 //! {name, state}` (optimized, non-optimized, inaccessible).
 //!
-//! When listening it prints one line: `READY rpc=<path> listen=<addr>...`.
+//! For side-by-side benchmarks, `--iscsi-portal HOST:PORT` also serves
+//! every volume over Ferrite's iSCSI target (`iqn.2026-11.io.ferrite:<volume>`,
+//! LUN 0, any initiator): the same volume objects behind both protocols.
+//!
+//! When listening it prints one line:
+//! `READY discovery=<addr> listen=<addr>... iscsi=<addr> rpc=<path>`.
 
 use clap::Parser;
 use ferrite_engine::rpc::server::RpcServer;
 use ferrite_engine::rpc::{parse_params, Registry, RpcError};
 use ferrite_engine::rt::{Config, CoreSet, Runtime};
 use ferrite_engine::volume::mem::MemVolume;
+use ferrite_gateway::iscsi;
 use ferrite_gateway::nvmf::testing::{parse_access_state, FileVolume, TestProvider};
 use ferrite_gateway::nvmf::{
     self, ExportOpts, ListenAddress, NvmfTarget, TargetConfig, TransportOpts,
@@ -77,6 +83,9 @@ struct Args {
     /// Largest transfer (MDTS) and MAXH2CDATA.
     #[arg(long, default_value_t = 131072)]
     max_io_size: u32,
+    /// Also serve every volume over iSCSI on this portal (HOST:PORT).
+    #[arg(long)]
+    iscsi_portal: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -226,6 +235,51 @@ fn run(args: Args) -> Result<(), String> {
         line.push_str(&format!(" listen={}:{}", a.traddr, a.trsvcid));
     }
 
+    let iscsi = match &args.iscsi_portal {
+        Some(p) => {
+            let (host, port) = p
+                .rsplit_once(':')
+                .ok_or_else(|| format!("--iscsi-portal {p:?}: want HOST:PORT"))?;
+            let t = iscsi::IscsiTarget::new(
+                runtime.handle(),
+                provider.clone(),
+                iscsi::TargetOptions::default(),
+            );
+            let portal = iscsi::Portal {
+                host: host.to_string(),
+                port: port.to_string(),
+            };
+            let bound = t
+                .create_portal_group(1, vec![portal], false)
+                .map_err(|e| e.to_string())?;
+            t.create_initiator_group(
+                1,
+                vec!["ANY".into()],
+                vec!["ANY".into()],
+                Default::default(),
+            )
+            .map_err(|e| e.to_string())?;
+            for n in &names {
+                let spec = iscsi::NodeSpec {
+                    name: n.clone(),
+                    alias: n.clone(),
+                    pg_ig_maps: vec![(1, 1)],
+                    luns: vec![(0, n.clone())],
+                    queue_depth: 128,
+                    chap: Default::default(),
+                    header_digest: false,
+                    data_digest: false,
+                };
+                t.create_target_node(spec).map_err(|e| e.to_string())?;
+            }
+            for a in bound {
+                line.push_str(&format!(" iscsi={a}"));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+
     let registry = Registry::new();
     nvmf::register_rpc(&registry, target.clone());
     let p = provider.clone();
@@ -268,6 +322,9 @@ fn run(args: Args) -> Result<(), String> {
     let sig = ferrite_sys::signals::wait_termination_signal();
     log::info!("{sig}: shutting down");
     target.shutdown();
+    if let Some(t) = iscsi {
+        t.shutdown();
+    }
     drop(rpc);
     drop::<Arc<NvmfTarget>>(target);
     runtime.shutdown();
