@@ -6,6 +6,7 @@
 //! - `nvmf`: NVMe over TCP (issue 7).
 
 pub mod nbd;
+pub mod nvmf;
 pub mod iscsi;
 pub mod scsi;
 pub mod server;
