@@ -52,7 +52,9 @@ pub fn decode_binary(key: &'static str, v: &str) -> Result<Vec<u8>, ChapError> {
         value: v.chars().take(64).collect(),
     };
     if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        if h.is_empty() || h.len() > 2048 {
+        // Digits only, checked first: slicing below must not cut a
+        // multi-byte character a hostile initiator sent (found by fuzzing).
+        if h.is_empty() || h.len() > 2048 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let h = if h.len() % 2 == 1 {
@@ -270,5 +272,9 @@ mod tests {
         assert!(ChapServer::start("6,7").is_err());
         assert_eq!(decode_binary("x", "0bAQID").unwrap(), vec![1, 2, 3]);
         assert!(decode_binary("x", "0xZZ").is_err());
+        assert!(
+            decode_binary("x", "0x\u{e9}a").is_err(),
+            "non-ASCII must not panic"
+        );
     }
 }

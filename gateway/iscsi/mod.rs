@@ -17,6 +17,8 @@
 
 pub mod chap;
 mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod login;
 mod md5;
 pub mod params;

@@ -11,6 +11,8 @@
 //! [`BlockVolume`]: ferrite_engine::volume::BlockVolume
 
 pub mod cdb;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inquiry;
 pub mod lun;
 pub mod mode;
