@@ -167,6 +167,7 @@ impl VolumeCatalog for MetaCatalog {
             block_size: v.block_size,
             extent_size: v.extent_size,
             replica_count: v.replica_count,
+            min_replicas: 0,
             thin: v.provisioning != proto::Provisioning::Thick as i32,
             generation: v.generation,
             extents: r

@@ -12,5 +12,7 @@
 //!   reads local-first, failures reported to meta.
 
 pub mod proto;
+pub mod router;
 pub mod server;
+pub mod service;
 pub mod transport;

@@ -43,6 +43,8 @@ pub enum Op {
     Ping = 7,
     /// The primary's copier to a learner: one chunk of the extent.
     Resync = 8,
+    /// The primary to a replica or learner: zero `aux` bytes at `offset`.
+    ZeroReplica = 9,
 }
 
 impl Op {
@@ -56,6 +58,7 @@ impl Op {
             6 => Op::Repair,
             7 => Op::Ping,
             8 => Op::Resync,
+            9 => Op::ZeroReplica,
             _ => return None,
         })
     }
@@ -64,6 +67,9 @@ impl Op {
 /// Header flags.
 pub const FLAG_RESPONSE: u16 = 1;
 pub const FLAG_DEALLOCATE: u16 = 2;
+/// A read by the primary from another replica (repair): the primary holds
+/// the read lease, so the replica serves it without its own.
+pub const FLAG_PEER_READ: u16 = 4;
 
 /// Answers (`status` of a response header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +210,10 @@ pub struct ExtentCtx {
     pub extent_size: u64,
     #[prost(uint64, tag = "3")]
     pub index: u64,
+    /// Replicas that must have a write before it is acknowledged (0: the
+    /// default for the extent's size).
+    #[prost(uint32, tag = "4")]
+    pub min_replicas: u32,
 }
 
 /// An error answer's explanation.

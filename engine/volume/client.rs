@@ -44,6 +44,9 @@ pub struct VolumeMeta {
     pub block_size: u32,
     pub extent_size: u64,
     pub replica_count: u32,
+    /// Replicas that must have a write before it is acknowledged (0: the
+    /// default for the replica count).
+    pub min_replicas: u32,
     pub thin: bool,
     /// Bumped by meta on every change of the volume or its extent map.
     pub generation: u64,
@@ -563,6 +566,7 @@ mod tests {
                 block_size: 512,
                 extent_size: 1 << 20,
                 replica_count: 1,
+                min_replicas: 0,
                 thin: true,
                 generation: 1,
                 extents: HashMap::new(),

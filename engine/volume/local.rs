@@ -24,6 +24,32 @@ pub struct LocalStoreIo {
     locks: Vec<CoMutex<()>>,
 }
 
+/// Which extent an operation is on, with what error messages need.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub volume: &'a str,
+    pub extent: u64,
+    /// The extent's position in its volume (for volume offsets in errors).
+    pub index: u64,
+    pub extent_size: u64,
+}
+
+impl<'a> Target<'a> {
+    pub fn of(vol: &'a VolumeMeta, ext: &ExtentMeta) -> Self {
+        Self {
+            volume: &vol.name,
+            extent: ext.id,
+            index: ext.index,
+            extent_size: vol.extent_size,
+        }
+    }
+}
+
+/// Held range locks (released on drop).
+pub struct RangeGuard<'a> {
+    _guards: Vec<MutexGuard<'a, ()>>,
+}
+
 impl LocalStoreIo {
     pub fn new(store: Arc<ChunkStore>) -> Arc<Self> {
         Arc::new(Self {
@@ -36,102 +62,141 @@ impl LocalStoreIo {
         &self.store
     }
 
-    /// Locks the regions of `[offset, offset+len)` in ascending stripe
-    /// order (a fixed order: no deadlock between two writers).
-    fn lock_range(&self, extent: u64, offset: u64, len: u64) -> Vec<MutexGuard<'_, ()>> {
+    /// Locks the 64 KiB regions of `[offset, offset+len)` of an extent, in
+    /// ascending stripe order (a fixed order: no deadlock between writers).
+    pub fn lock_range(&self, extent: u64, offset: u64, len: u64) -> RangeGuard<'_> {
         let first = offset / REGION;
         let last = (offset + len.max(1) - 1) / REGION;
         let mut stripes: Vec<usize> = (first..=last).map(|r| stripe(extent, r)).collect();
         stripes.sort_unstable();
         stripes.dedup();
-        stripes.into_iter().map(|s| self.locks[s].lock()).collect()
+        RangeGuard {
+            _guards: stripes.into_iter().map(|s| self.locks[s].lock()).collect(),
+        }
     }
 
     /// Reads any 512-aligned range, through the blocks around it if needed.
-    fn read_any(
-        &self,
-        vol: &VolumeMeta,
-        ext: &ExtentMeta,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<(), IoError> {
+    /// A never-written extent reads as zeroes.
+    pub fn read_at(&self, t: Target<'_>, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let len = buf.len() as u64;
         if offset % BLOCK == 0 && len % BLOCK == 0 {
-            return self.store_read(vol, ext, offset, buf);
+            return self.store_read(t, offset, buf);
         }
         let start = offset / BLOCK * BLOCK;
         let end = (offset + len).div_ceil(BLOCK) * BLOCK;
         let mut tmp = vec![0u8; (end - start) as usize];
-        self.store_read(vol, ext, start, &mut tmp)?;
+        self.store_read(t, start, &mut tmp)?;
         let at = (offset - start) as usize;
         buf.copy_from_slice(&tmp[at..at + buf.len()]);
         Ok(())
     }
 
-    fn store_read(
-        &self,
-        vol: &VolumeMeta,
-        ext: &ExtentMeta,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<(), IoError> {
-        match self.store.read(ext.id, offset, buf) {
+    fn store_read(&self, t: Target<'_>, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        match self.store.read(t.extent, offset, buf) {
             Ok(()) => Ok(()),
             // Allocated in the catalog but never written here: zeroes.
             Err(StoreError::NoSuchExtent { .. }) => {
                 buf.fill(0);
                 Ok(())
             }
-            Err(e) => Err(map_err(vol, ext, offset, e)),
+            Err(e) => Err(map_err(t, offset, e)),
         }
     }
 
     /// Writes whole blocks, creating the extent on its first write.
-    fn store_write(
-        &self,
-        vol: &VolumeMeta,
-        ext: &ExtentMeta,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), IoError> {
-        match self.store.write(ext.id, offset, data) {
+    fn store_write(&self, t: Target<'_>, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        match self.store.write(t.extent, offset, data) {
             Err(StoreError::NoSuchExtent { .. }) => {
-                match self.store.create_extent(ext.id, vol.extent_size) {
+                match self.store.create_extent(t.extent, t.extent_size) {
                     Ok(()) | Err(StoreError::ExtentExists { .. }) => {}
-                    Err(e) => return Err(map_err(vol, ext, offset, e)),
+                    Err(e) => return Err(map_err(t, offset, e)),
                 }
                 self.store
-                    .write(ext.id, offset, data)
-                    .map_err(|e| map_err(vol, ext, offset, e))
+                    .write(t.extent, offset, data)
+                    .map_err(|e| map_err(t, offset, e))
             }
-            r => r.map_err(|e| map_err(vol, ext, offset, e)),
+            r => r.map_err(|e| map_err(t, offset, e)),
         }
     }
 
     /// Writes any 512-aligned range; the caller holds the range locks.
-    fn write_locked(
-        &self,
-        vol: &VolumeMeta,
-        ext: &ExtentMeta,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), IoError> {
+    pub fn write_locked(&self, t: Target<'_>, offset: u64, data: &[u8]) -> Result<(), IoError> {
         let len = data.len() as u64;
         if offset % BLOCK == 0 && len % BLOCK == 0 {
-            return self.store_write(vol, ext, offset, data);
+            return self.store_write(t, offset, data);
         }
         let start = offset / BLOCK * BLOCK;
         let end = (offset + len).div_ceil(BLOCK) * BLOCK;
         let mut tmp = vec![0u8; (end - start) as usize];
         // Only the first and last blocks hold bytes we do not overwrite.
-        self.read_any(vol, ext, start, &mut tmp[..BLOCK as usize])?;
+        self.read_at(t, start, &mut tmp[..BLOCK as usize])?;
         if end - start > BLOCK {
             let last = (end - start - BLOCK) as usize;
-            self.read_any(vol, ext, end - BLOCK, &mut tmp[last..])?;
+            self.read_at(t, end - BLOCK, &mut tmp[last..])?;
         }
         let at = (offset - start) as usize;
         tmp[at..at + data.len()].copy_from_slice(data);
-        self.store_write(vol, ext, start, &tmp)
+        self.store_write(t, start, &tmp)
+    }
+
+    /// Zeroes any 512-aligned range (freeing whole blocks with
+    /// `deallocate`); the caller holds the range locks.
+    pub fn zero_locked(
+        &self,
+        t: Target<'_>,
+        offset: u64,
+        len: u64,
+        deallocate: bool,
+    ) -> Result<(), IoError> {
+        let end = offset + len;
+        let (start_block, end_block) = (offset.div_ceil(BLOCK) * BLOCK, end / BLOCK * BLOCK);
+        if start_block >= end_block {
+            // No whole block inside: patch the range in place.
+            return self.write_locked(t, offset, &vec![0u8; len as usize]);
+        }
+        if offset < start_block {
+            self.write_locked(t, offset, &vec![0u8; (start_block - offset) as usize])?;
+        }
+        if end_block < end {
+            self.write_locked(t, end_block, &vec![0u8; (end - end_block) as usize])?;
+        }
+        if deallocate {
+            return match self
+                .store
+                .unmap(t.extent, start_block, end_block - start_block)
+            {
+                Ok(()) | Err(StoreError::NoSuchExtent { .. }) => Ok(()),
+                Err(e) => Err(map_err(t, start_block, e)),
+            };
+        }
+        // Zeroes that stay allocated: written in pieces of at most 1 MiB.
+        let chunk = vec![0u8; (1 << 20).min(end_block - start_block) as usize];
+        let mut pos = start_block;
+        while pos < end_block {
+            let n = (chunk.len() as u64).min(end_block - pos) as usize;
+            self.store_write(t, pos, &chunk[..n])?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Compares and, if equal, writes; the caller holds the range locks.
+    pub fn compare_and_write_locked(
+        &self,
+        t: Target<'_>,
+        offset: u64,
+        compare: &[u8],
+        write: &[u8],
+    ) -> Result<(), IoError> {
+        let mut cur = vec![0u8; compare.len()];
+        self.read_at(t, offset, &mut cur)?;
+        if let Some(i) = cur.iter().zip(compare).position(|(a, b)| a != b) {
+            return Err(IoError::CompareMismatch {
+                volume: t.volume.to_string(),
+                offset: t.index * t.extent_size + offset + i as u64,
+            });
+        }
+        self.write_locked(t, offset, write)
     }
 }
 
@@ -141,9 +206,9 @@ fn stripe(extent: u64, region: u64) -> usize {
 }
 
 /// A store error as a volume error, with the volume's byte offset.
-fn map_err(vol: &VolumeMeta, ext: &ExtentMeta, ext_offset: u64, e: StoreError) -> IoError {
-    let volume = vol.name.clone();
-    let base = ext.index * vol.extent_size;
+pub fn map_err(t: Target<'_>, ext_offset: u64, e: StoreError) -> IoError {
+    let volume = t.volume.to_string();
+    let base = t.index * t.extent_size;
     match e {
         StoreError::NoSpace { .. } | StoreError::NoMetadataSpace { .. } => IoError::NoSpace {
             volume,
@@ -154,23 +219,25 @@ fn map_err(vol: &VolumeMeta, ext: &ExtentMeta, ext_offset: u64, e: StoreError) -
             extent,
             offset: base + offset,
         },
-        StoreError::OutOfRange { offset, len, .. } => IoError::OutOfRange {
+        StoreError::OutOfRange {
+            offset, len, size, ..
+        } => IoError::OutOfRange {
             volume,
             offset: base + offset,
             len,
-            size: vol.size,
+            size: base + size,
         },
         StoreError::Misaligned { offset, len, .. } => IoError::Misaligned {
             volume,
             offset: base + offset,
             len,
-            block_size: vol.block_size,
+            block_size: 512,
         },
         other => IoError::Device {
             volume,
             detail: format!(
                 "extent {} at volume offset {}: {other}",
-                ext.id,
+                t.extent,
                 base + ext_offset
             ),
         },
@@ -185,7 +252,7 @@ impl ExtentIo for LocalStoreIo {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), IoError> {
-        self.read_any(vol, ext, offset, buf)
+        self.read_at(Target::of(vol, ext), offset, buf)
     }
 
     fn write(
@@ -196,7 +263,7 @@ impl ExtentIo for LocalStoreIo {
         data: &[u8],
     ) -> Result<(), IoError> {
         let _g = self.lock_range(ext.id, offset, data.len() as u64);
-        self.write_locked(vol, ext, offset, data)
+        self.write_locked(Target::of(vol, ext), offset, data)
     }
 
     fn write_zeroes(
@@ -208,41 +275,7 @@ impl ExtentIo for LocalStoreIo {
         deallocate: bool,
     ) -> Result<(), IoError> {
         let _g = self.lock_range(ext.id, offset, len);
-        let end = offset + len;
-        let (start_block, end_block) = (offset.div_ceil(BLOCK) * BLOCK, end / BLOCK * BLOCK);
-        if start_block >= end_block {
-            // No whole block inside: patch the range in place.
-            return self.write_locked(vol, ext, offset, &vec![0u8; len as usize]);
-        }
-        if offset < start_block {
-            self.write_locked(
-                vol,
-                ext,
-                offset,
-                &vec![0u8; (start_block - offset) as usize],
-            )?;
-        }
-        if end_block < end {
-            self.write_locked(vol, ext, end_block, &vec![0u8; (end - end_block) as usize])?;
-        }
-        if deallocate {
-            return match self
-                .store
-                .unmap(ext.id, start_block, end_block - start_block)
-            {
-                Ok(()) | Err(StoreError::NoSuchExtent { .. }) => Ok(()),
-                Err(e) => Err(map_err(vol, ext, start_block, e)),
-            };
-        }
-        // Zeroes that stay allocated: written in pieces of at most 1 MiB.
-        let chunk = vec![0u8; (1 << 20).min(end_block - start_block) as usize];
-        let mut pos = start_block;
-        while pos < end_block {
-            let n = (chunk.len() as u64).min(end_block - pos) as usize;
-            self.store_write(vol, ext, pos, &chunk[..n])?;
-            pos += n as u64;
-        }
-        Ok(())
+        self.zero_locked(Target::of(vol, ext), offset, len, deallocate)
     }
 
     fn compare_and_write(
@@ -254,15 +287,7 @@ impl ExtentIo for LocalStoreIo {
         write: &[u8],
     ) -> Result<(), IoError> {
         let _g = self.lock_range(ext.id, offset, write.len() as u64);
-        let mut cur = vec![0u8; compare.len()];
-        self.read_any(vol, ext, offset, &mut cur)?;
-        if let Some(i) = cur.iter().zip(compare).position(|(a, b)| a != b) {
-            return Err(IoError::CompareMismatch {
-                volume: vol.name.clone(),
-                offset: ext.index * vol.extent_size + offset + i as u64,
-            });
-        }
-        self.write_locked(vol, ext, offset, write)
+        self.compare_and_write_locked(Target::of(vol, ext), offset, compare, write)
     }
 
     fn flush(&self) -> Result<(), IoError> {
