@@ -307,6 +307,7 @@ mod tests {
             volume: "vol0".into(),
             extent_size: 1 << 28,
             index: 2,
+            min_replicas: 2,
         }
         .encode_to_vec();
         let payload = vec![0xabu8; 4096];
