@@ -311,6 +311,10 @@ fn store_run(
         journal_size: 128 << 20,
         backend: Backend::Uring,
         wipe: true,
+        merge_max: env_u64(
+            "FERRITE_BENCH_MERGE_KB",
+            StoreOptions::default().merge_max >> 10,
+        ) << 10,
         ..Default::default()
     };
     ChunkStore::format(&[file.to_path_buf()], &opts).expect("format");
@@ -321,7 +325,10 @@ fn store_run(
         _ => PollMode::Adaptive,
     };
     let spin_us = env_u64("FERRITE_BENCH_SPIN_US", 200);
-    let reactors = env_u64("FERRITE_BENCH_REACTORS", 2) as usize;
+    // One reactor by default: on this 2-core machine the other core does the
+    // kernel's share of the I/O (completions, file system), as it does for
+    // fio's single job thread; FERRITE_BENCH_REACTORS=2 for two.
+    let reactors = env_u64("FERRITE_BENCH_REACTORS", 1) as usize;
     let rt = Runtime::new(Config {
         poll_mode,
         adaptive_spin: Duration::from_micros(spin_us),

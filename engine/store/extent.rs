@@ -28,7 +28,7 @@ impl Pba {
         self.0 == 0
     }
     /// The block `n` after this one on the same device.
-    pub fn add(self, n: u64) -> Pba {
+    pub fn plus(self, n: u64) -> Pba {
         Pba(self.0 + n)
     }
 }

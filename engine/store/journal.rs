@@ -230,7 +230,7 @@ impl Record {
                 if let Some(x) = extents.get_mut(id) {
                     for (i, c) in crcs.iter().enumerate() {
                         let e = Entry {
-                            pba: pba.add(i as u64),
+                            pba: pba.plus(i as u64),
                             crc: *c,
                         };
                         remap(x, lblock + i as u64, e, freed);

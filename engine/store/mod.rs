@@ -72,7 +72,8 @@ pub struct StoreOptions {
     pub wipe: bool,
     /// Writes at least this large go straight to new blocks (default 64 KiB).
     pub direct_write_min: u64,
-    /// A held stream is written once it reaches this size (default 1 MiB).
+    /// A held stream is written once it reaches this size (default 4 MiB:
+    /// 32 writes of 128 KiB become one device write and one mapping batch).
     pub merge_max: u64,
     /// How long a stream's writes may be held (default 200 µs).
     pub hold_timeout: Duration,
@@ -93,7 +94,7 @@ impl Default for StoreOptions {
             backend: Backend::Uring,
             wipe: false,
             direct_write_min: 64 << 10,
-            merge_max: 1 << 20,
+            merge_max: 4 << 20,
             hold_timeout: Duration::from_micros(200),
             max_batch_bytes: 4 << 20,
             quarantine_max: 256 << 20,

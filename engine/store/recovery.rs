@@ -163,7 +163,7 @@ fn verify_last(j: &Jrn, h: &BatchHeader) -> Result<bool, StoreError> {
                     if gone.contains(id) || !later.insert(key) {
                         continue;
                     }
-                    let p = pba.add(i as u64);
+                    let p = pba.plus(i as u64);
                     let b = read_blocks(j.sh, p.device(), p.block(), 1)?;
                     if crc32c::crc32c(b.as_slice()) != *c {
                         return Ok(false);

@@ -212,7 +212,7 @@ impl Shared {
         let mut a = self.alloc();
         for &(p, n) in runs {
             for i in 0..n {
-                a.free(p.add(i));
+                a.free(p.plus(i));
             }
         }
     }
@@ -640,7 +640,7 @@ impl Worker {
         let reserved: Vec<Pba> = self
             .allocate(id, unmapped)?
             .into_iter()
-            .flat_map(|(p, n)| (0..n).map(move |i| p.add(i)))
+            .flat_map(|(p, n)| (0..n).map(move |i| p.plus(i)))
             .collect();
         self.commit(PendingOp {
             id,
@@ -690,7 +690,7 @@ impl Worker {
             for part in bufs[i..i + cnt as usize].chunks(256) {
                 per_dev[p.device()].push(IoOp::Writev {
                     fua: false,
-                    offset: p.add(k).block() * BS,
+                    offset: p.plus(k).block() * BS,
                     bufs: part.to_vec(),
                 });
                 k += part.len() as u64;
@@ -867,7 +867,7 @@ impl Worker {
         for &(l, e) in &plan {
             match runs.last_mut() {
                 Some((l0, p0, n))
-                    if *l0 + *n as u64 == l && p0.add(*n as u64) == e.pba && *n < 256 =>
+                    if *l0 + *n as u64 == l && p0.plus(*n as u64) == e.pba && *n < 256 =>
                 {
                     *n += 1
                 }
@@ -917,7 +917,7 @@ impl Worker {
                     }
                     if !changed {
                         self.sh.checksum_errors.fetch_add(1, Ordering::Relaxed);
-                        let pba = p0.add(k as u64);
+                        let pba = p0.plus(k as u64);
                         log::error!(
                             "checksum mismatch: extent {id} offset {} (device {} block {})",
                             l * BS,
@@ -1410,7 +1410,7 @@ impl Worker {
         let mut deferred: Vec<((u64, u64), u64)> = Vec::new();
         loop {
             self.home_ev.reset();
-            let mut picked: Vec<((u64, u64), u64, Pba, Arc<DmaBuf>)> = Vec::new();
+            let mut picked: Vec<HomeWrite> = Vec::new();
             {
                 let mut st = self.st();
                 if st.failed.is_some()
@@ -1452,7 +1452,7 @@ impl Worker {
                 let mut bufs = vec![picked[i].3.clone()];
                 let mut j = i + 1;
                 while j < picked.len()
-                    && picked[j].2 == start.add((j - i) as u64)
+                    && picked[j].2 == start.plus((j - i) as u64)
                     && bufs.len() < 256
                 {
                     bufs.push(picked[j].3.clone());
@@ -1648,6 +1648,9 @@ fn op_blocks(op: &PendingOp, extra: u64) -> u64 {
     let (d, r) = op_cost(op);
     op_blocks_total(d + extra, r)
 }
+
+/// A home write being issued: (block key, version, home, data).
+type HomeWrite = ((u64, u64), u64, Pba, Arc<DmaBuf>);
 
 /// A batch being assembled by the committer.
 #[derive(Default)]

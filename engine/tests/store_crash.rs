@@ -373,10 +373,11 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
         .set_len(128 << 20)
         .unwrap();
     std::fs::File::create(dir.join("log")).unwrap();
-    ChunkStore::format(&[file.clone()], &opts()).unwrap();
+    ChunkStore::format(std::slice::from_ref(&file), &opts()).unwrap();
     {
         let runtime = Runtime::new(Config::for_tests(2)).unwrap();
-        let store = ChunkStore::open(&[file.clone()], &opts(), &runtime.handle()).unwrap();
+        let store =
+            ChunkStore::open(std::slice::from_ref(&file), &opts(), &runtime.handle()).unwrap();
         for id in EXTENTS {
             store.create_extent(id, EXT_BLOCKS * K4).unwrap();
         }
@@ -433,7 +434,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
             }
         }
         let runtime = Runtime::new(Config::for_tests(2)).unwrap();
-        let store = ChunkStore::open(&[file.clone()], &opts(), &runtime.handle())
+        let store = ChunkStore::open(std::slice::from_ref(&file), &opts(), &runtime.handle())
             .unwrap_or_else(|e| panic!("cycle {cycle}: reopen after the kill failed: {e}"));
         let s = store.clone();
         let lines = new_lines.clone();

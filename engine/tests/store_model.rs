@@ -9,7 +9,6 @@ use ferrite_engine::rt::{self, Config, Runtime};
 use ferrite_engine::store::{ChunkStore, StoreError, StoreOptions};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 const K4: u64 = 4096;
 const EXT: u64 = 256 * K4; // 1 MiB extents: 256 blocks
@@ -118,11 +117,14 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize) {
             0..=5 => {
                 let id = rng.below(12);
                 let r = store.create_extent(id, EXT);
-                if m.extents.contains_key(&id) {
-                    assert_eq!(r, Err(StoreError::ExtentExists { extent: id }));
-                } else {
-                    r.unwrap();
-                    m.extents.insert(id, (0, HashMap::new()));
+                match m.extents.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        assert_eq!(r, Err(StoreError::ExtentExists { extent: id }))
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        r.unwrap();
+                        v.insert((0, HashMap::new()));
+                    }
                 }
             }
             6..=7 if !ids.is_empty() => {
