@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 CARGO_FLAGS ?= --release --workspace
 BIN := target/release
 
-.PHONY: all deps build run test unit-test bench bench-rt bench-nbd clean fmt lint test-aarch64
+.PHONY: all deps build run cluster cluster-down test unit-test bench bench-rt bench-nbd clean fmt lint test-aarch64
 
 all: build
 
@@ -21,6 +21,15 @@ build: deps
 # A one-node Ferrite in the foreground (Ctrl-C stops it cleanly).
 run: build
 	@scripts/run.sh
+
+# A local cluster in the background: make cluster NODES=3 RF=3; make cluster-down.
+NODES ?= 3
+RF ?= 3
+cluster: build
+	@scripts/cluster.sh up $(NODES) $(RF)
+
+cluster-down:
+	@scripts/cluster.sh down
 
 # Every test: unit tests, the runtime's process tests, and the integration
 # tests that drive real etcd / ferrite-meta / ferrited with real clients.
