@@ -87,7 +87,7 @@ fn get_log_page(target: &NvmfTarget, ctrl: &Controller, sqe: &Sqe) -> Completion
     let numd = (((sqe.cdw(11) & 0xffff) as u64) << 16 | (cdw10 >> 16) as u64) + 1;
     let len = (numd * 4) as usize;
     let offset = sqe.cdw(12) as u64 | (sqe.cdw(13) as u64) << 32;
-    if offset % 4 != 0 || len > ctrl.opts.max_io_size as usize {
+    if !offset.is_multiple_of(4) || len > ctrl.opts.max_io_size as usize {
         return Completion::status(with_dnr(status::INVALID_FIELD));
     }
     let s = &ctrl.subsys;

@@ -74,6 +74,12 @@ pub(crate) struct Outbox {
     /// response capsule? Only when the host disabled SQ flow control (the
     /// capsule would carry SQHD otherwise) and the transport allows it.
     pub success_flag: bool,
+    /// Whether sending may park. The reader's copy never parks: a full
+    /// channel there means the host stopped reading its answers (a well
+    /// behaved host cannot fill it), and the reader must not hang on it.
+    park: bool,
+    /// Set when a non-parking send found the channel full.
+    pub stalled: std::cell::Cell<bool>,
 }
 
 impl Outbox {
@@ -84,12 +90,32 @@ impl Outbox {
             neg,
             qid: 0,
             success_flag: false,
+            park: false,
+            stalled: std::cell::Cell::new(false),
         }
     }
 
-    /// Queues a PDU; false when the queue is gone.
+    /// A copy for a coroutine that may park until the writer has room.
+    pub(crate) fn parking(&self) -> Self {
+        Self {
+            park: true,
+            ..self.clone()
+        }
+    }
+
+    /// Queues a PDU; false when the queue is gone (or, not parking, full).
     pub(crate) fn send(&self, o: Out) -> bool {
-        self.tx.send(o).is_ok()
+        if self.park {
+            return self.tx.send(o).is_ok();
+        }
+        match self.tx.try_send(o) {
+            Ok(()) => true,
+            Err(sync::TrySendError::Full(_)) => {
+                self.stalled.set(true);
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Like `send` but never parks: for the reader, which must keep reading.

@@ -331,7 +331,7 @@ pub fn parse_h2c_header(hdr: &[u8], neg: &Negotiated) -> Result<H2cHeader, Fatal
         (0, 0)
     } else {
         let pdo = ch.pdo as usize;
-        if pdo < hdr_end || pdo % 4 != 0 {
+        if pdo < hdr_end || !pdo.is_multiple_of(4) {
             return Err(FatalError::header_field(
                 3,
                 format!("PDO {pdo} is inside the header or not dword aligned"),
@@ -526,6 +526,70 @@ pub fn encode_c2h_term(e: &FatalError, offending: &[u8]) -> Vec<u8> {
     b
 }
 
+/// Parses a stream of host-to-controller PDUs as a queue would (an ICReq
+/// first when the stream starts with one, then headers, data, digests,
+/// command fields and Connect data), without acting on any. Returns how
+/// many PDUs were parsed and the fatal error that stopped it, if any. For
+/// the fuzz target and the malformed-input tests.
+pub fn decode_stream(bytes: &[u8], neg: &Negotiated) -> (usize, Option<FatalError>) {
+    use super::capsule::{ConnectData, Sqe};
+    let mut at = 0usize;
+    let mut count = 0usize;
+    if bytes.first() == Some(&pdu_type::IC_REQ) {
+        if bytes.len() < IC_LEN {
+            return (0, None);
+        }
+        if let Err(e) = parse_icreq(&bytes[..IC_LEN]) {
+            return (0, Some(e));
+        }
+        at = IC_LEN;
+        count = 1;
+    }
+    while bytes.len() - at >= CH_LEN {
+        let ch = CommonHeader::parse(&bytes[at..]);
+        let rest = match header_rest_len(&ch, neg) {
+            Ok(r) => r,
+            Err(e) => return (count, Some(e)),
+        };
+        if bytes.len() - at < CH_LEN + rest {
+            break;
+        }
+        let h = match parse_h2c_header(&bytes[at..at + CH_LEN + rest], neg) {
+            Ok(h) => h,
+            Err(e) => return (count, Some(e)),
+        };
+        let body = at + CH_LEN + rest + h.pad;
+        let end = body + h.data_len + if h.ddgst { DIGEST_LEN } else { 0 };
+        if end > bytes.len() {
+            break;
+        }
+        let data = &bytes[body..body + h.data_len];
+        if h.ddgst {
+            let _ = digest::verify(data, &bytes[body + h.data_len..end]);
+        }
+        if let H2c::Cmd { sqe } = h.pdu {
+            let s = Sqe(sqe);
+            let sgl = s.sgl();
+            let _ = (
+                s.direction(),
+                s.fuse(),
+                s.slba(),
+                s.nlb(),
+                s.cdw(15),
+                sgl.is_in_capsule(),
+                sgl.is_transport(),
+            );
+            if s.is_fabrics() && s.fctype() == super::spec::fctype::CONNECT {
+                let off = (sgl.addr as usize).min(data.len());
+                let _ = ConnectData::parse(&data[off..]);
+            }
+        }
+        count += 1;
+        at = end;
+    }
+    (count, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,68 +725,4 @@ mod tests {
         let r = encode_r2t(1, 2, 0, 8192, &neg(false, false));
         assert_eq!(CommonHeader::parse(&r.bytes).plen, 24);
     }
-}
-
-/// Parses a stream of host-to-controller PDUs as a queue would (an ICReq
-/// first when the stream starts with one, then headers, data, digests,
-/// command fields and Connect data), without acting on any. Returns how
-/// many PDUs were parsed and the fatal error that stopped it, if any. For
-/// the fuzz target and the malformed-input tests.
-pub fn decode_stream(bytes: &[u8], neg: &Negotiated) -> (usize, Option<FatalError>) {
-    use super::capsule::{ConnectData, Sqe};
-    let mut at = 0usize;
-    let mut count = 0usize;
-    if bytes.first() == Some(&pdu_type::IC_REQ) {
-        if bytes.len() < IC_LEN {
-            return (0, None);
-        }
-        if let Err(e) = parse_icreq(&bytes[..IC_LEN]) {
-            return (0, Some(e));
-        }
-        at = IC_LEN;
-        count = 1;
-    }
-    while bytes.len() - at >= CH_LEN {
-        let ch = CommonHeader::parse(&bytes[at..]);
-        let rest = match header_rest_len(&ch, neg) {
-            Ok(r) => r,
-            Err(e) => return (count, Some(e)),
-        };
-        if bytes.len() - at < CH_LEN + rest {
-            break;
-        }
-        let h = match parse_h2c_header(&bytes[at..at + CH_LEN + rest], neg) {
-            Ok(h) => h,
-            Err(e) => return (count, Some(e)),
-        };
-        let body = at + CH_LEN + rest + h.pad;
-        let end = body + h.data_len + if h.ddgst { DIGEST_LEN } else { 0 };
-        if end > bytes.len() {
-            break;
-        }
-        let data = &bytes[body..body + h.data_len];
-        if h.ddgst {
-            let _ = digest::verify(data, &bytes[body + h.data_len..end]);
-        }
-        if let H2c::Cmd { sqe } = h.pdu {
-            let s = Sqe(sqe);
-            let sgl = s.sgl();
-            let _ = (
-                s.direction(),
-                s.fuse(),
-                s.slba(),
-                s.nlb(),
-                s.cdw(15),
-                sgl.is_in_capsule(),
-                sgl.is_transport(),
-            );
-            if s.is_fabrics() && s.fctype() == super::spec::fctype::CONNECT {
-                let off = (sgl.addr as usize).min(data.len());
-                let _ = ConnectData::parse(&data[off..]);
-            }
-        }
-        count += 1;
-        at = end;
-    }
-    (count, None)
 }

@@ -224,6 +224,11 @@ impl Reader {
         // Common header, command header (64) and header digest.
         let mut hdr = [0u8; pdu::CMD_HLEN + pdu::DIGEST_LEN];
         loop {
+            if self.out.stalled.get() {
+                return Err(Ended::Io(stdio::Error::other(
+                    "the host does not read its answers; dropping the queue",
+                )));
+            }
             rx.read_exact(&mut hdr[..CH_LEN])?;
             let ch = CommonHeader::parse(&hdr);
             let rest = pdu::header_rest_len(&ch, &self.neg)
@@ -457,7 +462,7 @@ impl Reader {
                 self.entries = conn.entries;
                 self.out.qid = conn.qid;
                 self.out.success_flag = conn.sq_flow_disabled && self.opts.c2h_success;
-                let admin_out = (conn.qid == 0).then(|| self.out.clone());
+                let admin_out = (conn.qid == 0).then(|| self.out.parking());
                 if !conn.ctrl.add_queue(conn.qid, dup, admin_out) {
                     self.complete_now(
                         cid,
@@ -744,11 +749,8 @@ impl Fused {
 /// order, several PDUs per system call.
 fn writer(sock: Rc<TcpStream>, rx: sync::Receiver<Out>, neg: Negotiated, sqhd: Rc<Cell<u16>>) {
     let mut batch: Vec<Out> = Vec::with_capacity(WRITE_BATCH);
-    'outer: loop {
-        match rx.recv() {
-            Ok(o) => batch.push(o),
-            Err(_) => break,
-        }
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
         while batch.len() < WRITE_BATCH {
             match rx.try_recv() {
                 Ok(o) => batch.push(o),
@@ -794,7 +796,7 @@ fn writer(sock: Rc<TcpStream>, rx: sync::Receiver<Out>, neg: Negotiated, sqhd: R
             log::debug!("nvmf: writing to the host failed: {e}");
             // Wake the reader if it still waits on this connection.
             let _ = sock.shutdown(std::net::Shutdown::Both);
-            break 'outer;
+            break;
         }
         drop(slices);
         batch.clear();

@@ -385,8 +385,8 @@ impl Subsystem {
             } else {
                 c.next + 1
             };
-            if !c.live.contains_key(&id) {
-                c.live.insert(id, Slot::Reserved);
+            if let std::collections::btree_map::Entry::Vacant(e) = c.live.entry(id) {
+                e.insert(Slot::Reserved);
                 return Some(id);
             }
         }

@@ -66,7 +66,7 @@ impl TransportOpts {
         if self.max_io_qpairs_per_ctrlr == 0 {
             return bad("max_io_qpairs_per_ctrlr must be at least 1".into());
         }
-        if self.in_capsule_data_size % 16 != 0 || self.in_capsule_data_size > 65536 {
+        if !self.in_capsule_data_size.is_multiple_of(16) || self.in_capsule_data_size > 65536 {
             return bad(format!(
                 "in_capsule_data_size {} is not a multiple of 16 up to 65536",
                 self.in_capsule_data_size

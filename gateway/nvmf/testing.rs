@@ -65,7 +65,7 @@ pub fn uuid_from_name(name: &str) -> [u8; 16] {
 impl FileVolume {
     /// Opens (creating if needed) `path` and makes it at least `size` bytes.
     pub fn open(name: &str, path: &Path, size: u64, block_size: u32) -> std::io::Result<Arc<Self>> {
-        if !(block_size == 512 || block_size == 4096) || size % block_size as u64 != 0 {
+        if !(block_size == 512 || block_size == 4096) || !size.is_multiple_of(block_size as u64) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "block size must be 512 or 4096 and divide the size",
@@ -189,9 +189,12 @@ impl BlockVolume for FileVolume {
 }
 
 /// Named test volumes of any kind, adjustable by name.
+/// A volume both as the target sees it and as tests adjust it.
+type Entry = (Arc<dyn BlockVolume>, Arc<dyn Adjustable>);
+
 #[derive(Default)]
 pub struct TestProvider {
-    vols: RwLock<BTreeMap<String, (Arc<dyn BlockVolume>, Arc<dyn Adjustable>)>>,
+    vols: RwLock<BTreeMap<String, Entry>>,
 }
 
 impl TestProvider {

@@ -133,7 +133,7 @@ impl Host {
         assert_eq!(r[10], 0, "CPDA");
         assert_eq!(r[11], ic[11], "digests granted as asked");
         h.maxh2cdata = u32::from_le_bytes(r[12..16].try_into().unwrap());
-        assert!(h.maxh2cdata >= 4096 && h.maxh2cdata % 4 == 0);
+        assert!(h.maxh2cdata >= 4096 && h.maxh2cdata.is_multiple_of(4));
         h
     }
 
@@ -215,7 +215,7 @@ impl Host {
             Err(e) => panic!("reading a PDU: {e}"),
         }
         let plen = u32::from_le_bytes(ch[4..8].try_into().unwrap()) as usize;
-        assert!(plen >= 8 && plen < (1 << 21), "sane PLEN {plen}");
+        assert!((8..(1 << 21)).contains(&plen), "sane PLEN {plen}");
         let mut p = ch.to_vec();
         p.resize(plen, 0);
         self.s.read_exact(&mut p[8..]).unwrap();
@@ -345,6 +345,7 @@ impl Host {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn connect(
         &mut self,
         qid: u16,
@@ -1093,7 +1094,7 @@ fn discovery_lists_allowed_subsystems() {
     f.target
         .add_listener(
             "nqn.2026-11.io.ferrite:private",
-            &ListenAddress::tcp("127.0.0.1", &f.addr.port().to_string()),
+            &ListenAddress::tcp("127.0.0.1", f.addr.port()),
             None,
         )
         .unwrap();
