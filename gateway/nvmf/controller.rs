@@ -248,7 +248,10 @@ impl Controller {
         out: Option<Outbox>,
     ) -> bool {
         let mut s = self.st();
-        if s.queues.contains_key(&qid) {
+        // Checked under the lock: `teardown` marks the controller dead
+        // before it takes the queues, so a queue joining now is either
+        // refused here or closed there.
+        if self.is_dead() || s.queues.contains_key(&qid) {
             return false;
         }
         s.queues.insert(qid, sock);

@@ -451,30 +451,30 @@ impl Reader {
         match fabrics::connect(&self.target, &self.listener, &sqe, body) {
             Err(c) => self.complete_now(cid, c, 0),
             Ok(conn) => {
-                let dup = match self.out_socket_dup() {
-                    Some(d) => d,
-                    None => {
-                        self.complete_now(cid, Completion::status(status::INTERNAL_ERROR), 0);
-                        return Ok(());
+                let Some(dup) = self.out_socket_dup() else {
+                    if conn.qid == 0 {
+                        conn.ctrl.teardown("its admin queue could not be set up");
                     }
+                    self.complete_now(cid, Completion::status(status::INTERNAL_ERROR), 0);
+                    return Ok(());
                 };
-                self.qid = conn.qid;
-                self.entries = conn.entries;
-                self.out.qid = conn.qid;
-                self.out.success_flag = conn.sq_flow_disabled && self.opts.c2h_success;
-                let admin_out = (conn.qid == 0).then(|| self.out.parking());
+                let mut out = self.out.clone();
+                out.qid = conn.qid;
+                out.success_flag = conn.sq_flow_disabled && self.opts.c2h_success;
+                let admin_out = (conn.qid == 0).then(|| out.parking());
                 if !conn.ctrl.add_queue(conn.qid, dup, admin_out) {
-                    self.complete_now(
-                        cid,
-                        Completion {
-                            status: with_dnr(status::CONNECT_INVALID_PARAMETERS),
-                            dw0: 42,
-                            ..Default::default()
-                        },
-                        0,
-                    );
+                    // Its controller ended meanwhile, or raced for the qid.
+                    let c = Completion {
+                        status: with_dnr(status::CONNECT_INVALID_PARAMETERS),
+                        dw0: capsule_qid_ipo(),
+                        ..Default::default()
+                    };
+                    self.complete_now(cid, c, 0);
                     return Ok(());
                 }
+                self.qid = conn.qid;
+                self.entries = conn.entries;
+                self.out = out;
                 if conn.qid == 0 {
                     conn.ctrl.spawn_watcher(self.target.config.poll_interval);
                 }
@@ -884,4 +884,9 @@ impl RecvBuf {
         self.read_exact(&mut d)?;
         Ok(digest::verify(data, &d))
     }
+}
+
+/// IPO of Connect's QID field (in the SQE, so IATTR 0).
+fn capsule_qid_ipo() -> u32 {
+    super::capsule::connect_field::QID as u32
 }

@@ -1,9 +1,10 @@
 //! JSON-RPC methods with SPDK's names and parameters, so that SPDK's
-//! client (`spdk_rpc`) drives Ferrite's target for this subset. A
-//! namespace's `bdev_name` is a volume name. Ferrite extensions: a
-//! listener's `listen_address` may carry `advertise_traddr` and
-//! `advertise_trsvcid` (what discovery reports), and subsystems report
-//! ANA unless `ana_reporting` is false.
+//! client (`spdk_rpc`) drives Ferrite's target for this subset (checked
+//! with spdk-rpc from PyPI). A namespace's `bdev_name` is a volume name.
+//! Ferrite extensions: a listener's `listen_address` may carry
+//! `advertise_traddr` and `advertise_trsvcid` (what discovery reports), and
+//! a subsystem reports ANA when `ana_reporting` is absent (SPDK's client
+//! sends `false` unless given `-r`, and that is honoured).
 
 use super::subsystem::{ListenAddress, SubsystemOpts};
 use super::target::{NamespaceOpts, NvmfTarget, TransportOpts};
@@ -213,7 +214,7 @@ pub fn subsystems_json(t: &NvmfTarget, only: Option<&str>) -> Value {
             .map(|ns| {
                 json!({"nsid": ns.nsid, "bdev_name": ns.bdev_name, "name": ns.bdev_name, "uuid": uuid_string(&ns.uuid),
                        "nguid": ns.nguid.iter().map(|b| format!("{b:02X}")).collect::<String>(), "anagrpid": ns.anagrpid,
-                       "ana_state": super::ana::state_code(ns.volume.access_state()), "size": ns.volume.info().size})
+                       "ana_state": ns.volume.access_state().to_string(), "size": ns.volume.info().size})
             })
             .collect();
         out.push(json!({
