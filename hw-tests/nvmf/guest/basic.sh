@@ -11,6 +11,42 @@ set -u
 nqn=${NQN:?}
 modprobe nvme_tcp || fail "modprobe nvme_tcp"
 
+# nvme-cli's admin commands and the NVM commands fio does not send.
+admin_and_nvm_checks() {
+    _dev=$1
+    _ctrl=/dev/$(ls /sys/block/"${_dev##*/}"/device/ 2>/dev/null | grep -m1 '^nvme[0-9]*$')
+    [ -c "$_ctrl" ] || _ctrl=/dev/nvme0
+    nvme id-ctrl "$_ctrl" >/tmp/idc.txt || fail "nvme id-ctrl"
+    grep -q "subnqn *: $nqn" /tmp/idc.txt || { cat /tmp/idc.txt; fail "id-ctrl subnqn"; }
+    grep -E '^(mn|cmic|mdts|kas|anacap|oncs|fuses|ioccsz) ' /tmp/idc.txt
+    nvme id-ns "$_dev" -n 1 | grep -E '^(nsze|nmic|anagrpid|nguid) ' || fail "nvme id-ns"
+    nvme ns-descs "$_dev" -n 1 | grep -E 'nguid|uuid|csi' || fail "nvme ns-descs"
+    nvme smart-log "$_ctrl" >/dev/null || fail "nvme smart-log"
+    nvme error-log "$_ctrl" -e 1 >/dev/null || fail "nvme error-log"
+    nvme fw-log "$_ctrl" >/dev/null || fail "nvme fw-log"
+    nvme ana-log "$_ctrl" | grep -E 'ANA state|state' | head -3 || fail "nvme ana-log"
+    nvme get-feature "$_ctrl" -f 7 -H | grep -i 'queues' | head -2 || fail "get-feature 7"
+    # Write a pattern, then zero a part (Write Zeroes) and deallocate
+    # another (Dataset Management): both must read as zeroes.
+    dd if=/dev/urandom of=/tmp/pat bs=4096 count=8 2>/dev/null
+    dd if=/tmp/pat of="$_dev" bs=4096 count=8 oflag=direct 2>/dev/null || fail "pattern write"
+    nvme write-zeroes "$_dev" -n 1 -s 0 -c 7 >/dev/null || fail "nvme write-zeroes"
+    nvme dsm "$_dev" -n 1 -d -s 8 -b 8 >/dev/null || fail "nvme dsm deallocate"
+    nvme flush "$_dev" -n 1 >/dev/null || fail "nvme flush"
+    dd if="$_dev" of=/tmp/back bs=4096 count=8 iflag=direct 2>/dev/null
+    dd if=/dev/zero of=/tmp/z bs=4096 count=2 2>/dev/null
+    dd if=/tmp/pat of=/tmp/want bs=4096 skip=2 count=6 2>/dev/null
+    cat /tmp/z /tmp/want >/tmp/want2
+    cmp /tmp/back /tmp/want2 || fail "write-zeroes/deallocate did not read back as zeroes followed by the pattern"
+    log "admin commands, write-zeroes, dsm, flush: OK"
+    # A controller reset (fabrics: the host reconnects every queue).
+    echo 1 >"/sys/class/nvme/${_ctrl##*/}/reset_controller" || fail "reset_controller"
+    wait_for 30 ctrl_live "${_ctrl##*/}" || fail "controller not live after reset"
+    dd if="$_dev" of=/dev/null bs=4096 count=16 iflag=direct 2>/dev/null || fail "I/O after reset"
+    log "controller reset and reconnect: OK"
+}
+ctrl_live() { [ "$(cat "/sys/class/nvme/$1/state")" = live ]; }
+
 log "discovery on 8009"
 nvme discover -t tcp -a "$VM_HOST" -s 8009 >/tmp/disc.txt 2>&1 || { cat /tmp/disc.txt; fail "nvme discover"; }
 cat /tmp/disc.txt
@@ -31,6 +67,9 @@ for mode in plain digests sqflow; do
     wait_for 20 nvme_dev_for "$nqn" || fail "no namespace appeared ($mode)"
     dev=$(nvme_dev_for "$nqn")
     nvme list | grep -E 'Node|nvme'
+    if [ "$mode" = plain ]; then
+        admin_and_nvm_checks "$dev"
+    fi
     if [ "$mode" = sqflow ]; then
         fio_verify "sqflow-4k" "$dev" 4k 8M
     else
