@@ -503,6 +503,123 @@ impl MetaClient {
         .await
     }
 
+    /// Reports that `failed_node` missed a write of extent `extent_id` (at
+    /// `generation`) or cannot be reached; `reporter` is the calling node
+    /// (it needs a live lease). Returns the extent as it is now: without
+    /// the node when the generation was current (generation bumped), or
+    /// unchanged when it was stale (retry with the returned one).
+    /// FAILED_PRECONDITION when the node holds the last replica.
+    pub async fn report_replica_failure(
+        &self,
+        extent_id: u64,
+        generation: u64,
+        failed_node: &str,
+        reporter: &str,
+    ) -> Result<proto::Extent, Status> {
+        let (failed_node, reporter) = (failed_node.to_string(), reporter.to_string());
+        self.call("report_replica_failure", |mut c| {
+            let r = proto::ReportReplicaFailureRequest {
+                extent_id,
+                generation,
+                failed_node: failed_node.clone(),
+                reporter: reporter.clone(),
+            };
+            async move { c.report_replica_failure(r).await }
+        })
+        .await
+    }
+
+    /// The primary says learner `node` of extent `extent_id` is caught up
+    /// (at `generation`). Returns the extent as it is now: with `node`
+    /// among the replicas when the generation was current, unchanged when
+    /// it was stale.
+    pub async fn complete_resync(
+        &self,
+        extent_id: u64,
+        generation: u64,
+        node: &str,
+    ) -> Result<proto::Extent, Status> {
+        let node = node.to_string();
+        self.call("complete_resync", |mut c| {
+            let r = proto::CompleteResyncRequest {
+                extent_id,
+                generation,
+                node: node.clone(),
+            };
+            async move { c.complete_resync(r).await }
+        })
+        .await
+    }
+
+    /// Reports how far the copy to learner `node` of extent `extent_id`
+    /// has got (kept in the leader's memory, shown in volume and node
+    /// listings).
+    pub async fn report_resync_progress(
+        &self,
+        extent_id: u64,
+        node: &str,
+        bytes_done: u64,
+        bytes_total: u64,
+    ) -> Result<(), Status> {
+        let node = node.to_string();
+        self.call("report_resync_progress", |mut c| {
+            let r = proto::ReportResyncProgressRequest {
+                extent_id,
+                node: node.clone(),
+                bytes_done,
+                bytes_total,
+            };
+            async move { c.report_resync_progress(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every extent `node` is a replica or a learner of, with its volume's
+    /// name and extent size (parallel arrays). NOT_FOUND when the node is
+    /// not registered: that is no reason to delete anything.
+    pub async fn list_node_extents(
+        &self,
+        node: &str,
+    ) -> Result<proto::ListNodeExtentsResponse, Status> {
+        let node = node.to_string();
+        self.call("list_node_extents", |mut c| {
+            let r = proto::ListNodeExtentsRequest { node: node.clone() };
+            async move { c.list_node_extents(r).await }
+        })
+        .await
+    }
+
+    /// One extent by id.
+    pub async fn get_extent(&self, extent_id: u64) -> Result<proto::Extent, Status> {
+        self.call("get_extent", |mut c| async move {
+            c.get_extent(proto::GetExtentRequest { extent_id }).await
+        })
+        .await
+    }
+
+    /// Marks a node draining: its replicas move to other nodes.
+    pub async fn drain_node(&self, node: &str) -> Result<proto::Node, Status> {
+        let node = node.to_string();
+        self.call("drain_node", |mut c| {
+            let r = proto::DrainNodeRequest { node: node.clone() };
+            async move { c.drain_node(r).await }
+        })
+        .await
+    }
+
+    /// Deletes an empty node's record (FAILED_PRECONDITION while it holds
+    /// a replica or a learner).
+    pub async fn remove_node(&self, node: &str) -> Result<(), Status> {
+        let node = node.to_string();
+        self.call("remove_node", |mut c| {
+            let r = proto::RemoveNodeRequest { node: node.clone() };
+            async move { c.remove_node(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Registers `registration` and keeps the node's lease alive from a
     /// task on the current tokio runtime: a keep-alive every TTL/3, and a
     /// new registration when the lease was lost (expired while meta or the

@@ -36,10 +36,12 @@
 //! | [`records`] | the JSON records stored at those keys |
 //! | [`store`] | typed reads; transactions guarded by revisions and fenced by leadership |
 //! | [`validate`] | request checks with messages that name the thing |
-//! | [`placement`] | choosing nodes for an extent's replicas |
+//! | [`placement`] | choosing nodes for an extent's replicas and new copies |
+//! | [`replication`] | replicas and learners: failure reports, resync completion, drain, eviction of down nodes, the re-replication scheduler, the extent indexes |
+//! | [`health`] | extent and volume health from records and liveness |
 //! | [`election`] | leader election on etcd's election API |
 //! | [`service`] | the gRPC service |
-//! | [`monitor`] | the leader's background duties (node failure detection) |
+//! | [`monitor`] | the leader's background duties (failure detection and eviction, the scheduler loop) |
 //! | [`server`] | wiring and shutdown of one process |
 
 #![forbid(unsafe_code)]
@@ -64,6 +66,8 @@ pub mod client;
 #[cfg(feature = "server")]
 pub mod election;
 #[cfg(feature = "server")]
+pub mod health;
+#[cfg(feature = "server")]
 pub mod keys;
 #[cfg(feature = "server")]
 pub mod monitor;
@@ -71,6 +75,8 @@ pub mod monitor;
 pub mod placement;
 #[cfg(feature = "server")]
 pub mod records;
+#[cfg(feature = "server")]
+pub mod replication;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

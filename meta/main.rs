@@ -43,6 +43,15 @@ struct Args {
     /// Longest wait for one etcd request, in seconds.
     #[arg(long, default_value_t = 5)]
     etcd_timeout_secs: u64,
+    /// Pause between rounds of the re-replication scheduler, in ms.
+    #[arg(long, default_value_t = 500)]
+    repair_interval_ms: u64,
+    /// Most learners one node is filled as at once.
+    #[arg(long, default_value_t = 8)]
+    max_learners_per_node: usize,
+    /// Most extents the scheduler changes per round.
+    #[arg(long, default_value_t = 64)]
+    repair_extents_per_round: usize,
 }
 
 async fn shutdown_signal() {
@@ -83,6 +92,11 @@ fn main() -> ExitCode {
         leader_ttl_secs: args.leader_ttl_secs.max(1),
         max_txn_ops: args.etcd_max_txn_ops,
         etcd_timeout: Duration::from_secs(args.etcd_timeout_secs.max(1)),
+        repair: ferrite_meta::replication::RepairConfig {
+            interval: Duration::from_millis(args.repair_interval_ms.max(10)),
+            max_learners_per_node: args.max_learners_per_node.max(1),
+            extents_per_round: args.repair_extents_per_round.max(1),
+        },
     };
     // Meta is control plane: two workers are plenty and leave the cores to
     // the data path when it shares the machine.

@@ -1,18 +1,25 @@
-//! The leader's background duties: on taking over, roll back thick
-//! creates an earlier leader left half-done; then, every tick, mark down
-//! nodes whose lease has been gone for the grace period.
+//! The leader's background duties.
 //!
-//! Issue 5 hooks in where a node is marked down: bump the generation of
-//! its extents, drop it from their replica sets and schedule
-//! re-replication.
+//! The failure detector (every tick: half the grace period, between
+//! 100 ms and 1 s): on taking over, roll back thick creates an earlier
+//! leader left half-done and build the extent indexes if etcd lacks them;
+//! then mark down nodes whose lease has been gone for the grace period,
+//! remove every down node from the extents it is on (except where it
+//! holds the last replica), and drop the id keys of deleted volumes.
+//! Eviction runs every tick for every down node, not only when one is
+//! marked, so a new leader finishes what a dead one started.
+//!
+//! The re-replication scheduler ([`run_repair`], every
+//! [`RepairConfig::interval`]): see [`MetaService::repair_round`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::replication::{RepairConfig, RoundReport};
 use crate::service::{MetaService, MissingSince};
 
-/// Runs until `shutdown` turns true.
+/// Runs the failure detector until `shutdown` turns true.
 pub async fn run(service: MetaService, grace: Duration, mut shutdown: watch::Receiver<bool>) {
     // Detecting a node loss takes its lease TTL plus the grace period plus
     // at most one tick.
@@ -24,11 +31,17 @@ pub async fn run(service: MetaService, grace: Duration, mut shutdown: watch::Rec
             Some(store) => {
                 let term = store.fence().map(|f| f.rev);
                 if swept_term != term {
-                    match service.sweep_unfinished_creates(&store).await {
+                    let swept = service.sweep_unfinished_creates(&store).await;
+                    let indexed = match swept {
+                        Ok(()) => service.ensure_indexes(&store).await,
+                        Err(e) => Err(e),
+                    };
+                    match indexed {
                         Ok(()) => swept_term = term,
-                        Err(e) => {
-                            log::warn!("monitor: sweeping unfinished creates: {}", e.message())
-                        }
+                        Err(e) => log::warn!(
+                            "monitor: taking over (unfinished creates, indexes): {}",
+                            e.message()
+                        ),
                     }
                 }
                 match service
@@ -41,6 +54,14 @@ pub async fn run(service: MetaService, grace: Duration, mut shutdown: watch::Rec
                         }
                     }
                     Err(e) => log::warn!("monitor: checking node leases: {}", e.message()),
+                }
+                if swept_term == term {
+                    if let Err(e) = service.evict_down_nodes(&store).await {
+                        log::warn!("monitor: removing down nodes from extents: {}", e.message());
+                    }
+                    if let Err(e) = service.sweep_deleted_volumes(&store).await {
+                        log::warn!("monitor: dropping ids of deleted volumes: {}", e.message());
+                    }
                 }
             }
             None => {
@@ -55,10 +76,69 @@ pub async fn run(service: MetaService, grace: Duration, mut shutdown: watch::Rec
     }
 }
 
-/// What follows a node being marked down. For now only that fact is
-/// recorded; re-replication is issue 5.
+/// A node was just marked down; the same tick removes it from its
+/// extents ([`MetaService::evict_down_nodes`]) and the scheduler then
+/// adds learners elsewhere.
 fn on_node_down(id: &str) {
-    log::info!(
-        "monitor: node '{id}' is down; its extents run degraded until re-replication (issue 5)"
-    );
+    log::warn!("monitor: node '{id}' is down; removing it from its extents (I/O goes on degraded)");
+}
+
+/// Runs the re-replication scheduler until `shutdown` turns true: one
+/// round every `cfg.interval` while this process leads.
+pub async fn run_repair(
+    service: MetaService,
+    cfg: RepairConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last = RoundReport::default();
+    let mut leading = false;
+    let mut last_log = Instant::now();
+    while !*shutdown.borrow() {
+        match service.leader_store() {
+            Some(store) => {
+                leading = true;
+                match service.repair_round(&store, &cfg).await {
+                    Ok(r) => {
+                        let stuck = (r.unplaceable, r.waiting);
+                        // Report the under-replicated extents that cannot be
+                        // helped when that changes, and every minute.
+                        if stuck != (last.unplaceable, last.waiting)
+                            || (stuck != (0, 0) && last_log.elapsed() > Duration::from_secs(60))
+                        {
+                            if stuck != (0, 0) {
+                                log::warn!(
+                                    "re-replication: {} extent(s) lack a copy and no node qualifies for it; {} more wait for their primary to come back",
+                                    r.unplaceable,
+                                    r.waiting
+                                );
+                            } else {
+                                log::info!("re-replication: every under-replicated extent has a node again");
+                            }
+                            last_log = Instant::now();
+                        }
+                        if r.learners_added > 0 || r.drained > 0 {
+                            log::info!(
+                                "re-replication round: {} learner(s) added, {} copy(ies) on draining nodes removed, {} extent(s) deferred",
+                                r.learners_added,
+                                r.drained,
+                                r.deferred
+                            );
+                        }
+                        last = r;
+                    }
+                    Err(e) => log::debug!("re-replication round: {}", e.message()),
+                }
+            }
+            None => {
+                if leading {
+                    service.clear_progress();
+                    leading = false;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.interval) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }

@@ -90,13 +90,44 @@ impl Placer {
         domain: FailureDomain,
         extent_size: u64,
     ) -> Result<Vec<String>, PlacementError> {
-        if self.candidates.len() < replicas {
+        self.choose(replicas, domain, extent_size, &HashSet::new(), &[])
+    }
+
+    /// Chooses `count` more nodes for an extent that already has copies
+    /// (re-replication, drain): never a node in `exclude` (those holding
+    /// it, and any the caller rules out), and with failure domain `zone`
+    /// preferably none of `zones_in_use` (the zones of the copies that
+    /// stay) nor a zone twice. Takes the space from the chosen nodes.
+    pub fn place_more(
+        &mut self,
+        count: usize,
+        domain: FailureDomain,
+        extent_size: u64,
+        exclude: &HashSet<&str>,
+        zones_in_use: &[&str],
+    ) -> Result<Vec<String>, PlacementError> {
+        self.choose(count, domain, extent_size, exclude, zones_in_use)
+    }
+
+    fn choose(
+        &mut self,
+        replicas: usize,
+        domain: FailureDomain,
+        extent_size: u64,
+        exclude: &HashSet<&str>,
+        zones_in_use: &[&str],
+    ) -> Result<Vec<String>, PlacementError> {
+        let usable: Vec<usize> = (0..self.candidates.len())
+            .filter(|&i| !exclude.contains(self.candidates[i].id.as_str()))
+            .collect();
+        if usable.len() < replicas {
             return Err(PlacementError::NotEnoughNodes {
                 needed: replicas,
-                up: self.candidates.len(),
+                up: usable.len(),
             });
         }
-        let eligible: Vec<usize> = (0..self.candidates.len())
+        let eligible: Vec<usize> = usable
+            .into_iter()
             .filter(|&i| self.candidates[i].available >= extent_size)
             .collect();
         if eligible.len() < replicas {
@@ -107,7 +138,7 @@ impl Placer {
             });
         }
         let mut chosen: Vec<usize> = Vec::with_capacity(replicas);
-        let mut used_zones: HashSet<&str> = HashSet::new();
+        let mut used_zones: HashSet<&str> = zones_in_use.iter().copied().collect();
         for _ in 0..replicas {
             let best = |prefer_new_zone: bool| {
                 eligible
@@ -220,6 +251,43 @@ mod tests {
         ));
         // A failed placement takes no space.
         assert_eq!(p.candidates()[0].available, 100);
+    }
+
+    #[test]
+    fn more_copies_avoid_holders_and_their_zones() {
+        let mut p = Placer::new(vec![
+            c("a", "z1", 100),
+            c("b", "z1", 90),
+            c("c", "z2", 80),
+            c("d", "z3", 10),
+        ]);
+        let ex: HashSet<&str> = ["a"].into_iter().collect();
+        // The copy on a (z1) stays: b is roomier but shares its zone.
+        assert_eq!(
+            p.place_more(1, FailureDomain::Zone, 5, &ex, &["z1"])
+                .unwrap(),
+            vec!["c"]
+        );
+        // Zones z1 and z2 in use: d (z3) although it is the fullest.
+        let ex: HashSet<&str> = ["a", "c"].into_iter().collect();
+        assert_eq!(
+            p.place_more(1, FailureDomain::Zone, 5, &ex, &["z1", "z2"])
+                .unwrap(),
+            vec!["d"]
+        );
+        // No zone left: the roomiest other node.
+        let ex: HashSet<&str> = ["a", "c", "d"].into_iter().collect();
+        assert_eq!(
+            p.place_more(1, FailureDomain::Zone, 5, &ex, &["z1", "z2", "z3"])
+                .unwrap(),
+            vec!["b"]
+        );
+        // Never a holder, even when nothing else is left.
+        let ex: HashSet<&str> = ["a", "b", "c", "d"].into_iter().collect();
+        assert!(matches!(
+            p.place_more(1, FailureDomain::Node, 5, &ex, &[]),
+            Err(PlacementError::NotEnoughNodes { needed: 1, up: 0 })
+        ));
     }
 
     #[test]

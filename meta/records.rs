@@ -35,7 +35,8 @@ pub enum NodeState {
     Up,
     /// Its lease expired and the grace period passed.
     Down,
-    /// Being emptied; gets no new extents (issue 5 sets it).
+    /// Being emptied (`DrainNode`): gets no new extents, and the
+    /// scheduler moves its replicas to other nodes.
     Draining,
 }
 
@@ -65,6 +66,35 @@ pub struct PoolRecord {
     pub failure_domain: FailureDomain,
     /// Creation time, Unix milliseconds.
     pub created_unix_ms: u64,
+    /// Replicas that must have a write durably before it is acknowledged;
+    /// 0 (records written before issue 5) means the default, see
+    /// [`default_min_replicas`].
+    #[serde(default)]
+    pub min_replicas: u32,
+}
+
+/// The default write quorum: 1 when `replica_count` ≤ 2, else 2.
+pub fn default_min_replicas(replica_count: u32) -> u32 {
+    if replica_count <= 2 {
+        1
+    } else {
+        2
+    }
+}
+
+fn resolve_min_replicas(stored: u32, replica_count: u32) -> u32 {
+    if stored == 0 {
+        default_min_replicas(replica_count)
+    } else {
+        stored
+    }
+}
+
+impl PoolRecord {
+    /// The write quorum, with the default applied.
+    pub fn resolved_min_replicas(&self) -> u32 {
+        resolve_min_replicas(self.min_replicas, self.replica_count)
+    }
 }
 
 /// `/ferrite/v1/volumes/<name>`.
@@ -101,6 +131,16 @@ pub struct VolumeRecord {
     /// left by an earlier term.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creating_term: Option<i64>,
+    /// Copied from the pool; 0 means the default.
+    #[serde(default)]
+    pub min_replicas: u32,
+}
+
+impl VolumeRecord {
+    /// The write quorum, with the default applied.
+    pub fn resolved_min_replicas(&self) -> u32 {
+        resolve_min_replicas(self.min_replicas, self.replica_count)
+    }
 }
 
 /// `/ferrite/v1/extents/<volume uuid>/<index>`.
@@ -112,10 +152,87 @@ pub struct ExtentRecord {
     pub volume_uuid: String,
     /// Index in the volume (offset / extent size).
     pub index: u64,
-    /// Node ids, primary first.
+    /// Node ids, primary first. Serve reads and ack every write.
     pub replicas: Vec<String>,
-    /// Bumped on every change of the replica set.
+    /// Bumped on every change of `replicas` or `learners`.
     pub generation: u64,
+    /// Nodes the primary is filling: they get forwarded writes, serve no
+    /// reads and are not durable copies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<String>,
+}
+
+impl ExtentRecord {
+    /// Whether `node` is a replica or a learner.
+    pub fn holds(&self, node: &str) -> bool {
+        self.replicas.iter().any(|r| r == node) || self.learners.iter().any(|l| l == node)
+    }
+
+    /// Replicas then learners.
+    pub fn members(&self) -> impl Iterator<Item = &String> {
+        self.replicas.iter().chain(self.learners.iter())
+    }
+
+    /// Whether the extent belongs in the repair index: a replica count
+    /// other than the pool's, or learners being filled.
+    pub fn needs_repair(&self, replica_count: u32) -> bool {
+        self.replicas.len() != replica_count as usize || !self.learners.is_empty()
+    }
+}
+
+/// The value of the node-extent and repair index keys: a copy of the
+/// extent record (written in the same transaction, so its mod revision is
+/// the record's) with what a node needs to know of its volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtentEntry {
+    /// Volume name.
+    pub volume: String,
+    /// The volume's extent size.
+    pub extent_size: u64,
+    /// The volume's replica count.
+    pub replica_count: u32,
+    /// The volume's failure domain.
+    pub failure_domain: FailureDomain,
+    /// The extent record as written.
+    pub extent: ExtentRecord,
+}
+
+impl ExtentEntry {
+    /// The entry of `extent` of `volume`.
+    pub fn new(volume: &VolumeRecord, extent: &ExtentRecord) -> Self {
+        ExtentEntry {
+            volume: volume.name.clone(),
+            extent_size: volume.extent_size,
+            replica_count: volume.replica_count,
+            failure_domain: volume.failure_domain,
+            extent: extent.clone(),
+        }
+    }
+}
+
+/// `/ferrite/v1/extent-ids/<id>`: where extent `id` lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtentRef {
+    /// Volume name (volumes are never renamed).
+    pub volume: String,
+    /// Volume uuid (a volume created again under the name has another).
+    pub volume_uuid: String,
+    /// Index in the volume.
+    pub index: u64,
+}
+
+/// `/ferrite/v1/deleted-volumes/<uuid>`: a deleted volume whose extent id
+/// keys are still to be removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedVolume {
+    /// Its name, for logs.
+    pub volume: String,
+    /// Its uuid (the id keys name it).
+    pub volume_uuid: String,
+    /// Smallest and largest id of its extents.
+    pub first_id: u64,
+    /// See `first_id`.
+    pub last_id: u64,
 }
 
 /// `/ferrite/v1/nodes/<id>`.
@@ -142,6 +259,10 @@ pub struct NodeRecord {
     pub lease_id: i64,
     /// Last registration time, Unix milliseconds.
     pub registered_unix_ms: u64,
+    /// Set by `DrainNode` and kept until the node is removed: a drained
+    /// node that goes down and registers again comes back draining.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 }
 
 impl NodeRecord {
@@ -217,6 +338,7 @@ impl From<&PoolRecord> for proto::Pool {
             extent_size: p.extent_size,
             failure_domain: proto::FailureDomain::from(p.failure_domain) as i32,
             created_unix_ms: p.created_unix_ms,
+            min_replicas: p.resolved_min_replicas(),
         }
     }
 }
@@ -238,6 +360,8 @@ impl From<&VolumeRecord> for proto::Volume {
                 VolumeState::Ready => proto::VolumeState::Ready,
                 VolumeState::Creating => proto::VolumeState::Creating,
             } as i32,
+            min_replicas: v.resolved_min_replicas(),
+            health: None,
         }
     }
 }
@@ -250,6 +374,7 @@ impl From<&ExtentRecord> for proto::Extent {
             index: e.index,
             replicas: e.replicas.clone(),
             generation: e.generation,
+            learners: e.learners.clone(),
         }
     }
 }
@@ -271,6 +396,10 @@ impl NodeRecord {
             lease_id: self.lease_id,
             alive,
             registered_unix_ms: self.registered_unix_ms,
+            replicas: 0,
+            learners: 0,
+            resync_bytes_done: 0,
+            resync_bytes_total: 0,
         }
     }
 }
@@ -295,11 +424,38 @@ mod tests {
             failure_domain: FailureDomain::Zone,
             state: VolumeState::Ready,
             creating_term: None,
+            min_replicas: 0,
         };
         let s = serde_json::to_string(&v).unwrap();
         assert!(s.contains("\"provisioning\":\"thick\""), "{s}");
         assert!(!s.contains("creating_term"), "{s}");
         assert_eq!(serde_json::from_str::<VolumeRecord>(&s).unwrap(), v);
+        assert_eq!(v.resolved_min_replicas(), 1);
+    }
+
+    #[test]
+    fn records_of_issue_4_still_decode() {
+        let e: ExtentRecord = serde_json::from_str(
+            r#"{"id":7,"volume_uuid":"u","index":0,"replicas":["a","b"],"generation":3}"#,
+        )
+        .unwrap();
+        assert!(e.learners.is_empty());
+        assert!(e.holds("b") && !e.holds("c"));
+        assert!(!serde_json::to_string(&e).unwrap().contains("learners"));
+        assert!(e.needs_repair(3) && !e.needs_repair(2));
+        let p: PoolRecord = serde_json::from_str(
+            r#"{"name":"p","replica_count":3,"provisioning":"thin","extent_size":1048576,"failure_domain":"node","created_unix_ms":0}"#,
+        )
+        .unwrap();
+        assert_eq!(p.resolved_min_replicas(), 2);
+        assert_eq!(default_min_replicas(1), 1);
+        assert_eq!(default_min_replicas(2), 1);
+        let n: NodeRecord = serde_json::from_str(
+            r#"{"id":"n","gateway_address":"h:1","replica_address":"h:2","zone":"","capacity_total":1,"capacity_free":1,"allocated":0,"state":"up","lease_id":1,"registered_unix_ms":0}"#,
+        )
+        .unwrap();
+        assert!(!n.drain);
+        assert!(!serde_json::to_string(&n).unwrap().contains("drain"));
     }
 
     #[test]
@@ -315,6 +471,7 @@ mod tests {
             state: NodeState::Up,
             lease_id: 1,
             registered_unix_ms: 0,
+            drain: false,
         };
         assert_eq!(n.available(), 70);
         n.capacity_free = 10;

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::election::{Election, LeaderInfo};
 use crate::monitor;
 use crate::proto::meta_server::MetaServer;
+use crate::replication::RepairConfig;
 use crate::service::{MetaService, ServiceConfig};
 
 /// Settings of a `ferrite-meta` process (the binary's flags).
@@ -35,6 +36,8 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// Longest wait for one etcd request.
     pub etcd_timeout: Duration,
+    /// The re-replication scheduler's settings.
+    pub repair: RepairConfig,
 }
 
 /// Why the process could not run.
@@ -80,10 +83,12 @@ async fn connect(
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let advertise = match &config.advertise {
         Some(a) => a.clone(),
-        None if config.listen.ip().is_unspecified() => return Err(ServerError::Config(format!(
+        None if config.listen.ip().is_unspecified() => {
+            return Err(ServerError::Config(format!(
             "--listen {} is a wildcard address: give --advertise HOST:PORT that others can dial",
             config.listen
-        ))),
+        )))
+        }
         None => config.listen.to_string(),
     };
     if config.etcd_endpoints.is_empty() {
@@ -132,6 +137,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.node_grace,
         stop_rx.clone(),
     ));
+    let repair_task = tokio::spawn(monitor::run_repair(
+        service.clone(),
+        config.repair.clone(),
+        stop_rx.clone(),
+    ));
 
     log::info!(
         "ferrite-meta '{}' serving on {} (advertised as {advertise}), etcd {:?}",
@@ -169,6 +179,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _ = election_task.await;
         let _ = monitor_task.await;
+        let _ = repair_task.await;
     })
     .await;
     result.map_err(|source| ServerError::Serve {

@@ -8,7 +8,8 @@
 //! deposed leader, a person with etcdctl), and a conflict re-reads and
 //! tries again a bounded number of times.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use etcd_client::Client;
@@ -20,17 +21,18 @@ use crate::keys;
 use crate::placement::{Candidate, PlacementError, Placer};
 use crate::proto::{self, meta_server::Meta};
 use crate::records::{
-    now_unix_ms, ExtentRecord, NodeRecord, NodeState, PoolRecord, Provisioning, VolumeRecord,
-    VolumeState,
+    default_min_replicas, now_unix_ms, DeletedVolume, ExtentRecord, ExtentRef, NodeRecord,
+    NodeState, PoolRecord, Provisioning, VolumeRecord, VolumeState,
 };
 use crate::store::{Commit, Fence, Store, StoreError, Txn, Versioned};
 use crate::validate;
 use crate::LEADER_METADATA_KEY;
 
 /// How often a write re-reads and retries after a revision conflict.
-const MAX_TXN_RETRIES: usize = 16;
+pub(crate) const MAX_TXN_RETRIES: usize = 16;
 /// Smallest `max_txn_ops` accepted: room for a volume, the counter, a
-/// pool key and one extent on three nodes.
+/// pool key and one extent on three nodes with its index keys, or one
+/// replica-set change of an extent with three replicas and two learners.
 pub const MIN_TXN_OPS: usize = 16;
 
 /// Settings of the service.
@@ -51,17 +53,23 @@ pub struct ServiceConfig {
 /// The meta service. Cheap to clone; all clones share state.
 #[derive(Clone)]
 pub struct MetaService {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    client: Client,
-    config: ServiceConfig,
-    leadership: watch::Receiver<Option<Fence>>,
-    write_lock: Mutex<()>,
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) config: ServiceConfig,
+    pub(crate) leadership: watch::Receiver<Option<Fence>>,
+    pub(crate) write_lock: Mutex<()>,
+    /// Resync progress reports by (extent id, learner): soft state of the
+    /// leader, lost on failover (see `replication`).
+    pub(crate) progress: std::sync::Mutex<HashMap<(u64, String), proto::ResyncProgress>>,
+    /// Set once the extent indexes are known to be complete in etcd
+    /// (`keys::SCHEMA`); never unset (the marker stays).
+    pub(crate) indexes_ready: AtomicBool,
 }
 
-fn store_status(e: StoreError) -> Status {
+pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::LostLeadership => {
             Status::unavailable("this ferrite-meta lost its leadership during the request; retry")
@@ -80,7 +88,7 @@ fn placement_status(what: &str, e: PlacementError) -> Status {
     }
 }
 
-fn conflict_status(what: &str) -> Status {
+pub(crate) fn conflict_status(what: &str) -> Status {
     Status::aborted(format!(
         "{what}: gave up after {MAX_TXN_RETRIES} conflicting concurrent changes; retry"
     ))
@@ -121,6 +129,8 @@ impl MetaService {
                 config,
                 leadership,
                 write_lock: Mutex::new(()),
+                progress: std::sync::Mutex::new(HashMap::new()),
+                indexes_ready: AtomicBool::new(false),
             }),
         }
     }
@@ -132,7 +142,7 @@ impl MetaService {
         Some(Store::new(self.inner.client.clone(), Some(fence)))
     }
 
-    async fn leader(&self) -> Result<Store, Status> {
+    pub(crate) async fn leader(&self) -> Result<Store, Status> {
         if let Some(store) = self.leader_store() {
             return Ok(store);
         }
@@ -187,7 +197,7 @@ impl MetaService {
     }
 
     /// Nodes by id, and the ids whose liveness key exists.
-    async fn nodes(
+    pub(crate) async fn nodes(
         &self,
         store: &Store,
     ) -> Result<(BTreeMap<String, Versioned<NodeRecord>>, HashSet<String>), Status> {
@@ -208,7 +218,10 @@ impl MetaService {
     }
 
     /// A placer over the nodes that are up with a live lease.
-    fn placer(nodes: &BTreeMap<String, Versioned<NodeRecord>>, alive: &HashSet<String>) -> Placer {
+    pub(crate) fn placer(
+        nodes: &BTreeMap<String, Versioned<NodeRecord>>,
+        alive: &HashSet<String>,
+    ) -> Placer {
         Placer::new(
             nodes
                 .values()
@@ -274,6 +287,9 @@ impl MetaService {
             let fixed = if is_new { 3 } else { 2 };
             let mut touched: BTreeMap<String, NodeRecord> = BTreeMap::new();
             let mut batch = Vec::new();
+            // Per extent: its record, its id key and one index key per
+            // replica.
+            let mut extent_ops = 0;
             while pos < planned.len() {
                 let p = &planned[pos];
                 let new_nodes = p
@@ -281,11 +297,13 @@ impl MetaService {
                     .iter()
                     .filter(|r| !touched.contains_key(*r))
                     .count();
-                let ops = fixed + batch.len() + 1 + touched.len() + new_nodes;
+                let this_ops = 2 + p.replicas.len();
+                let ops = fixed + extent_ops + this_ops + touched.len() + new_nodes;
                 let compares = fixed + 1 + touched.len() + new_nodes;
                 if !batch.is_empty() && (ops > max_ops || compares > max_ops) {
                     break;
                 }
+                extent_ops += this_ops;
                 for r in &p.replicas {
                     let n = touched.entry(r.clone()).or_insert_with(|| {
                         nodes.get(r).map(|n| n.value.clone()).unwrap_or_else(|| {
@@ -301,6 +319,7 @@ impl MetaService {
                     index: p.index,
                     replicas: p.replicas.clone(),
                     generation: 1,
+                    learners: Vec::new(),
                 });
                 next_id += 1;
                 pos += 1;
@@ -329,6 +348,15 @@ impl MetaService {
             );
             for e in &batch {
                 txn.put_json(&keys::extent(&e.volume_uuid, e.index), e);
+                txn.put_json(
+                    &keys::extent_id(e.id),
+                    &ExtentRef {
+                        volume: vrec.name.clone(),
+                        volume_uuid: e.volume_uuid.clone(),
+                        index: e.index,
+                    },
+                );
+                crate::replication::index_ops(&mut txn, &vrec, None, e);
             }
             for (id, n) in &touched {
                 if let Some(cur) = nodes.get(id) {
@@ -375,15 +403,37 @@ impl MetaService {
                 .map_err(store_status)?;
             let mut freed: BTreeMap<String, u64> = BTreeMap::new();
             for e in &extents {
-                for r in &e.value.replicas {
+                let members: BTreeSet<&String> = e.value.members().collect();
+                for r in members {
                     *freed.entry(r.clone()).or_default() += vol.value.extent_size;
                 }
             }
+            let uuid = &vol.value.uuid;
             let mut txn = Txn::new(format!("delete volume '{name}'"));
             txn.expect_rev(&keys::volume(name), vol.mod_rev);
             txn.delete(&keys::volume(name));
             txn.delete(&keys::pool_volume(&vol.value.pool, name));
-            txn.delete_prefix(&keys::extents(&vol.value.uuid));
+            txn.delete_prefix(&keys::extents(uuid));
+            // Index keys: one prefix per node and the repair prefix; the
+            // id keys (one per extent, maybe too many for one
+            // transaction) are left to the sweeper, which the tombstone
+            // tells where to look.
+            txn.delete_prefix(&keys::repairs(uuid));
+            for id in freed.keys() {
+                txn.delete_prefix(&keys::node_volume_extents(id, uuid));
+            }
+            let ids = extents.iter().map(|e| e.value.id);
+            if let (Some(first_id), Some(last_id)) = (ids.clone().min(), ids.max()) {
+                txn.put_json(
+                    &keys::deleted_volume(uuid),
+                    &DeletedVolume {
+                        volume: name.to_string(),
+                        volume_uuid: uuid.clone(),
+                        first_id,
+                        last_id,
+                    },
+                );
+            }
             for (id, bytes) in &freed {
                 // A node record that is gone has nothing to give back to.
                 if let Some(mut n) = store
@@ -497,10 +547,11 @@ fn unreachable_node(id: &str) -> NodeRecord {
         state: NodeState::Down,
         lease_id: 0,
         registered_unix_ms: 0,
+        drain: false,
     }
 }
 
-fn invalid(msg: String) -> Status {
+pub(crate) fn invalid(msg: String) -> Status {
     Status::invalid_argument(msg)
 }
 
@@ -525,6 +576,7 @@ impl Meta for MetaService {
             extent_size,
             failure_domain: domain.into(),
             created_unix_ms: now_unix_ms(),
+            min_replicas: default_min_replicas(req.replica_count),
         };
         let key = keys::pool(&req.name);
         let mut txn = Txn::new(format!("create pool '{}'", req.name));
@@ -644,6 +696,7 @@ impl Meta for MetaService {
                 failure_domain: p.failure_domain,
                 state: VolumeState::Ready,
                 creating_term: None,
+                min_replicas: p.resolved_min_replicas(),
             };
             if p.provisioning == Provisioning::Thin {
                 let mut txn = Txn::new(format!("create volume '{}'", req.name));
@@ -829,17 +882,16 @@ impl Meta for MetaService {
         if !req.pool.is_empty() {
             self.get_pool_record(&store, &req.pool).await?;
         }
-        let volumes = store
+        let volumes: Vec<VolumeRecord> = store
             .list::<VolumeRecord>(keys::VOLUMES)
             .await
-            .map_err(store_status)?;
-        Ok(Response::new(proto::ListVolumesResponse {
-            volumes: volumes
-                .iter()
-                .filter(|v| req.pool.is_empty() || v.value.pool == req.pool)
-                .map(|v| (&v.value).into())
-                .collect(),
-        }))
+            .map_err(store_status)?
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|v| req.pool.is_empty() || v.pool == req.pool)
+            .collect();
+        let volumes = self.volumes_with_health(&store, volumes).await?;
+        Ok(Response::new(proto::ListVolumesResponse { volumes }))
     }
 
     async fn get_volume(
@@ -860,9 +912,15 @@ impl Meta for MetaService {
             if again.mod_rev != vol.mod_rev {
                 continue;
             }
+            let (nodes, alive) = self.nodes(&store).await?;
+            let records: Vec<ExtentRecord> = extents.into_iter().map(|e| e.value).collect();
+            let (health, extent_status) = self.volume_health(&vol.value, &records, &nodes, &alive);
+            let mut volume: proto::Volume = (&vol.value).into();
+            volume.health = Some(health);
             return Ok(Response::new(proto::GetVolumeResponse {
-                volume: Some((&vol.value).into()),
-                extents: extents.iter().map(|e| (&e.value).into()).collect(),
+                volume: Some(volume),
+                extents: records.iter().map(|e| e.into()).collect(),
+                extent_status,
             }));
         }
         Err(conflict_status(&format!("get volume '{}'", req.name)))
@@ -1013,13 +1071,19 @@ impl Meta for MetaService {
                 capacity_total: req.capacity_total,
                 capacity_free: req.capacity_free,
                 allocated: old.as_ref().map_or(0, |o| o.value.allocated),
-                // A draining node stays draining across restarts.
-                state: match old.as_ref().map(|o| o.value.state) {
-                    Some(NodeState::Draining) => NodeState::Draining,
+                // A draining node stays draining across restarts (and
+                // across being marked down in between).
+                state: match old.as_ref() {
+                    Some(o) if o.value.drain || o.value.state == NodeState::Draining => {
+                        NodeState::Draining
+                    }
                     _ => NodeState::Up,
                 },
                 lease_id,
                 registered_unix_ms: now_unix_ms(),
+                drain: old
+                    .as_ref()
+                    .is_some_and(|o| o.value.drain || o.value.state == NodeState::Draining),
             };
             let mut txn = Txn::new(format!("register node '{}'", req.id));
             txn.expect(&key, old.as_ref().map(|o| o.mod_rev))
@@ -1142,12 +1206,8 @@ impl Meta for MetaService {
     ) -> Result<Response<proto::ListNodesResponse>, Status> {
         let store = self.leader().await?;
         let (nodes, alive) = self.nodes(&store).await?;
-        Ok(Response::new(proto::ListNodesResponse {
-            nodes: nodes
-                .values()
-                .map(|n| n.value.to_proto(alive.contains(&n.value.id)))
-                .collect(),
-        }))
+        let nodes = self.nodes_with_counts(&store, &nodes, &alive).await?;
+        Ok(Response::new(proto::ListNodesResponse { nodes }))
     }
 
     async fn get_leader(
@@ -1173,6 +1233,69 @@ impl Meta for MetaService {
             is_leader,
             self_name: self.inner.config.name.clone(),
         }))
+    }
+
+    async fn report_replica_failure(
+        &self,
+        request: Request<proto::ReportReplicaFailureRequest>,
+    ) -> Result<Response<proto::Extent>, Status> {
+        self.report_replica_failure_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn complete_resync(
+        &self,
+        request: Request<proto::CompleteResyncRequest>,
+    ) -> Result<Response<proto::Extent>, Status> {
+        self.complete_resync_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn report_resync_progress(
+        &self,
+        request: Request<proto::ReportResyncProgressRequest>,
+    ) -> Result<Response<proto::ReportResyncProgressResponse>, Status> {
+        self.report_resync_progress_impl(request.into_inner())
+            .await
+            .map(|()| Response::new(proto::ReportResyncProgressResponse {}))
+    }
+
+    async fn list_node_extents(
+        &self,
+        request: Request<proto::ListNodeExtentsRequest>,
+    ) -> Result<Response<proto::ListNodeExtentsResponse>, Status> {
+        self.list_node_extents_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_extent(
+        &self,
+        request: Request<proto::GetExtentRequest>,
+    ) -> Result<Response<proto::Extent>, Status> {
+        self.get_extent_impl(request.into_inner().extent_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<proto::DrainNodeRequest>,
+    ) -> Result<Response<proto::Node>, Status> {
+        self.drain_node_impl(&request.into_inner().node)
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        self.remove_node_impl(&request.into_inner().node)
+            .await
+            .map(|()| Response::new(proto::RemoveNodeResponse {}))
     }
 }
 

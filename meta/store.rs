@@ -244,9 +244,21 @@ impl Store {
 
     /// Every key-value under `prefix`, in key order, as one snapshot.
     async fn range(&self, prefix: &str, keys_only: bool) -> Result<Vec<KeyValue>, StoreError> {
-        let end = prefix_end(prefix.as_bytes());
+        self.range_between(prefix, prefix_end(prefix.as_bytes()), keys_only)
+            .await
+    }
+
+    /// Every key-value from `from` (included) to `end` (excluded), in key
+    /// order, as one snapshot.
+    async fn range_between(
+        &self,
+        from: &str,
+        end: Vec<u8>,
+        keys_only: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let prefix = from;
         let mut out = Vec::new();
-        let mut start = prefix.as_bytes().to_vec();
+        let mut start = from.as_bytes().to_vec();
         let mut revision = 0;
         loop {
             let mut opts = GetOptions::new()
@@ -287,6 +299,32 @@ impl Store {
             .iter()
             .map(decode)
             .collect()
+    }
+
+    /// Every record from key `from` (included) to key `to` (excluded), with
+    /// its key, in key order.
+    pub async fn list_between<T: DeserializeOwned>(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<(String, Versioned<T>)>, StoreError> {
+        self.range_between(from, to.as_bytes().to_vec(), false)
+            .await?
+            .iter()
+            .map(|kv| Ok((String::from_utf8_lossy(kv.key()).into_owned(), decode(kv)?)))
+            .collect()
+    }
+
+    /// How many keys are under `prefix` (etcd counts; nothing is fetched).
+    pub async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        let opts = GetOptions::new().with_prefix().with_count_only();
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix, Some(opts))
+            .await
+            .map_err(etcd_err(format!("count {prefix}")))?;
+        Ok(resp.count().max(0) as u64)
     }
 
     /// The keys under `prefix`, without it.

@@ -452,6 +452,7 @@ async fn plant_half_created_volume(etcd_url: &str, name: &str, node: &str) {
         failure_domain: records::FailureDomain::Node,
         state: records::VolumeState::Creating,
         creating_term: Some(1),
+        min_replicas: 0,
     };
     let ext = records::ExtentRecord {
         id: 1_000_000,
@@ -459,6 +460,7 @@ async fn plant_half_created_volume(etcd_url: &str, name: &str, node: &str) {
         index: 0,
         replicas: vec![node.into()],
         generation: 1,
+        learners: Vec::new(),
     };
     let nkey = keys::node(node);
     let resp = etcd.get(nkey.clone(), None).await.unwrap();
