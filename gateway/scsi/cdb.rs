@@ -36,6 +36,7 @@ pub mod op {
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
     pub const READ_16: u8 = 0x88;
+    pub const WRITE_ATOMIC_16: u8 = 0x9C;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8A;
     pub const ORWRITE_16: u8 = 0x8B;
@@ -400,6 +401,15 @@ pub static COMMANDS: &[OpInfo] = &[
         timeout_s: 60,
     },
     OpInfo {
+        op: op::WRITE_ATOMIC_16,
+        sa: None,
+        name: "WRITE ATOMIC(16)",
+        usage: &[
+            0x9C, 0x18, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x1F, 0,
+        ],
+        timeout_s: 30,
+    },
+    OpInfo {
         op: op::SERVICE_ACTION_IN_16,
         sa: Some(sa::READ_CAPACITY_16),
         name: "READ CAPACITY(16)",
@@ -577,6 +587,8 @@ pub fn lba_and_len(cdb: &[u8]) -> Option<(u64, u32)> {
         4 if cdb.len() >= 16 => {
             if op == op::COMPARE_AND_WRITE {
                 Some((be64(&cdb[2..10]), cdb[13] as u32))
+            } else if op == op::WRITE_ATOMIC_16 {
+                Some((be64(&cdb[2..10]), be16(&cdb[12..14]) as u32))
             } else {
                 Some((be64(&cdb[2..10]), be32(&cdb[10..14])))
             }

@@ -57,6 +57,16 @@ pub struct Limits {
     pub max_unmap_blocks: u32,
     pub max_unmap_descriptors: u32,
     pub max_write_same_blocks: u64,
+    /// Largest WRITE ATOMIC(16), in blocks.
+    pub max_atomic_blocks: u32,
+    /// Logical blocks per physical block, as a power of two (READ
+    /// CAPACITY(16) LBPPBE; also the optimal granularities). Ferrite's store
+    /// works in 4 KiB blocks, so 3 would be truthful for 512-byte volumes,
+    /// but it stays 0 like LIO's and SPDK's default: libiscsi's GET LBA
+    /// STATUS test expects a descriptor to start past the LBA asked for
+    /// when it is above 0 (which SBC-3 forbids), and initiators align to 4
+    /// KiB anyway.
+    pub physical_exp: u8,
 }
 
 impl Limits {
@@ -74,6 +84,8 @@ impl Limits {
             max_unmap_blocks: ((1 << 30) / bs).min(1 << 20),
             max_unmap_descriptors: 256,
             max_write_same_blocks: (1 << 30) / bs as u64,
+            max_atomic_blocks: 256,
+            physical_exp: 0,
         }
     }
 }
@@ -220,15 +232,18 @@ fn block_limits(l: &Limits) -> Vec<u8> {
     // Offsets below are of the page (SBC-3 6.6.4) minus its 4-byte header.
     b[0] = 0x00; // WSNZ = 0: WRITE SAME with 0 blocks means "to the end"
     b[1] = l.max_compare_write_blocks;
-    b[2..4].copy_from_slice(&1u16.to_be_bytes()); // optimal granularity
+    let phys = 1u32 << l.physical_exp;
+    b[2..4].copy_from_slice(&(phys as u16).to_be_bytes()); // optimal granularity
     b[4..8].copy_from_slice(&l.max_transfer_blocks.to_be_bytes());
     b[8..12].copy_from_slice(&l.optimal_transfer_blocks.to_be_bytes());
     b[12..16].copy_from_slice(&l.max_transfer_blocks.to_be_bytes()); // max prefetch
     b[16..20].copy_from_slice(&l.max_unmap_blocks.to_be_bytes());
     b[20..24].copy_from_slice(&l.max_unmap_descriptors.to_be_bytes());
-    b[24..28].copy_from_slice(&1u32.to_be_bytes()); // optimal unmap granularity
+    b[24..28].copy_from_slice(&phys.to_be_bytes()); // optimal unmap granularity
     b[28..32].copy_from_slice(&0x8000_0000u32.to_be_bytes()); // UGAVALID, alignment 0
     b[32..40].copy_from_slice(&l.max_write_same_blocks.to_be_bytes());
+    // WRITE ATOMIC(16): any alignment and granularity, no boundaries.
+    b[40..44].copy_from_slice(&l.max_atomic_blocks.min(l.max_transfer_blocks).to_be_bytes());
     b
 }
 

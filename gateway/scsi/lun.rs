@@ -259,7 +259,7 @@ impl Lun {
             op::REQUEST_SENSE => self.request_sense(nexus, cdb),
             op::READ_CAPACITY_10 => read_capacity10(cdb, vi),
             op::SERVICE_ACTION_IN_16 => match cdb::service_action(cdb) {
-                sa::READ_CAPACITY_16 => read_capacity16(cdb, vi),
+                sa::READ_CAPACITY_16 => read_capacity16(cdb, vi, &self.limits),
                 _ => get_lba_status(cdb, vi),
             },
             op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => self.read(cdb, vi),
@@ -287,6 +287,7 @@ impl Lun {
             op::UNMAP => self.unmap(cdb, data_out, vi),
             op::COMPARE_AND_WRITE => self.compare_and_write(cdb, data_out, vi),
             op::ORWRITE_16 => self.orwrite(cdb, data_out, vi),
+            op::WRITE_ATOMIC_16 => self.write_atomic(cdb, data_out, vi),
             op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
                 let req = mode::SenseRequest::parse(cdb);
                 let st = self.state().mode;
@@ -664,6 +665,67 @@ impl Lun {
         }
     }
 
+    /// WRITE ATOMIC(16): all the blocks or none, also against concurrent
+    /// writers, through the volume's compare-and-write (retried on a race).
+    fn write_atomic(&self, cdb: &[u8], data: &[u8], vi: &VolumeInfo) -> CmdResult {
+        let (lba, n) = cdb::lba_and_len(cdb).expect("block command");
+        let bs = vi.block_size as usize;
+        self.write_protected()?;
+        if cdb::be16(&cdb[10..12]) != 0 {
+            // ATOMIC BOUNDARY: the Block Limits page offers no boundaries.
+            return Err(Sense::invalid_cdb_field(10, None).into());
+        }
+        check_range(lba, n as u64, vi)?;
+        if n > self
+            .limits
+            .max_atomic_blocks
+            .min(self.limits.max_transfer_blocks)
+        {
+            return Err(Sense::invalid_cdb_field(12, None).into());
+        }
+        let wanted = n as usize * bs;
+        let done = Done {
+            data_out_wanted: wanted,
+            ..Done::default()
+        };
+        if n == 0 {
+            return Ok(done);
+        }
+        if data.len() < wanted {
+            // Writing part of an atomic write would defeat its purpose.
+            return Err(Sense::illegal(Asc::INVALID_FIELD_IN_IU).into());
+        }
+        self.replace_atomically(lba, &data[..wanted], vi, |_, new| new)?;
+        Ok(done)
+    }
+
+    /// Reads the blocks at `lba`, computes their new contents with `f(old,
+    /// data)` and stores them with compare-and-write, retrying while
+    /// another writer changes them in between.
+    fn replace_atomically(
+        &self,
+        lba: u64,
+        data: &[u8],
+        vi: &VolumeInfo,
+        f: impl Fn(u8, u8) -> u8,
+    ) -> Result<(), Fail> {
+        let off = lba * vi.block_size as u64;
+        let mut old = vec![0u8; data.len()];
+        for _ in 0..64 {
+            self.volume
+                .read(off, &mut old)
+                .map_err(|e| io_sense(&e, lba, vi, false))?;
+            let new: Vec<u8> = old.iter().zip(data).map(|(a, b)| f(*a, *b)).collect();
+            match self.volume.compare_and_write(off, &old, &new) {
+                Ok(()) => return Ok(()),
+                Err(IoError::CompareMismatch { .. }) => continue,
+                Err(e) => return Err(io_sense(&e, lba, vi, true).into()),
+            }
+        }
+        // Another writer kept changing the blocks: let the initiator retry.
+        Err(Sense::new(key::ABORTED_COMMAND, Asc::NO_ADDITIONAL).into())
+    }
+
     /// ORWRITE(16): the stored blocks become stored OR data, atomically
     /// against other writers (compare-and-write, retried on a race).
     fn orwrite(&self, cdb: &[u8], data: &[u8], vi: &VolumeInfo) -> CmdResult {
@@ -681,22 +743,8 @@ impl Lun {
         if blocks == 0 {
             return Ok(done);
         }
-        let data = &data[..blocks * bs];
-        let off = lba * bs as u64;
-        let mut old = vec![0u8; data.len()];
-        for _ in 0..64 {
-            self.volume
-                .read(off, &mut old)
-                .map_err(|e| io_sense(&e, lba, vi, false))?;
-            let new: Vec<u8> = old.iter().zip(data).map(|(a, b)| a | b).collect();
-            match self.volume.compare_and_write(off, &old, &new) {
-                Ok(()) => return Ok(done),
-                Err(IoError::CompareMismatch { .. }) => continue,
-                Err(e) => return Err(io_sense(&e, lba, vi, true).into()),
-            }
-        }
-        // Another writer kept changing the blocks: let the initiator retry.
-        Err(Sense::new(key::ABORTED_COMMAND, Asc::NO_ADDITIONAL).into())
+        self.replace_atomically(lba, &data[..blocks * bs], vi, |a, b| a | b)?;
+        Ok(done)
     }
 
     fn mode_select(&self, nexus: &Nexus, cdb: &[u8], data: &[u8], vi: &VolumeInfo) -> CmdResult {
@@ -771,6 +819,7 @@ fn access_class(opcode: u8, cdb: &[u8]) -> Access {
         | op::UNMAP
         | op::COMPARE_AND_WRITE
         | op::ORWRITE_16
+        | op::WRITE_ATOMIC_16
         | op::SYNC_CACHE_10
         | op::SYNC_CACHE_16
         | op::MODE_SELECT_6
@@ -821,7 +870,8 @@ pub fn expected_data_out(cdb: &[u8], block_size: u32) -> usize {
         | op::WRITE_VERIFY_10
         | op::WRITE_VERIFY_12
         | op::WRITE_VERIFY_16
-        | op::ORWRITE_16 => blocks() * bs,
+        | op::ORWRITE_16
+        | op::WRITE_ATOMIC_16 => blocks() * bs,
         op::COMPARE_AND_WRITE => 2 * blocks() * bs,
         op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 if cdb.len() > 1 => match (cdb[1] >> 1) & 3 {
             1 => blocks() * bs,
@@ -877,7 +927,9 @@ fn io_sense(e: &IoError, lba: u64, vi: &VolumeInfo, write: bool) -> Sense {
         IoError::CompareMismatch { .. } => {
             Sense::new(key::MISCOMPARE, Asc::MISCOMPARE_DURING_VERIFY)
         }
-        IoError::Misaligned { .. } => Sense::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE),
+        // Only compare-and-write returns it for a valid range: the range
+        // spans two extents, which no single owner can update atomically.
+        IoError::Misaligned { .. } => Sense::invalid_cdb_field(2, None),
     }
 }
 
@@ -901,7 +953,7 @@ fn read_capacity10(cdb: &[u8], vi: &VolumeInfo) -> CmdResult {
     Ok(Done::data(d))
 }
 
-fn read_capacity16(cdb: &[u8], vi: &VolumeInfo) -> CmdResult {
+fn read_capacity16(cdb: &[u8], vi: &VolumeInfo, limits: &Limits) -> CmdResult {
     if cdb[14] & 0x01 == 0 && cdb::be64(&cdb[2..10]) != 0 {
         return Err(Sense::invalid_cdb_field(2, None).into());
     }
@@ -910,6 +962,7 @@ fn read_capacity16(cdb: &[u8], vi: &VolumeInfo) -> CmdResult {
     let mut d = vec![0u8; 32];
     d[0..8].copy_from_slice(&blocks.saturating_sub(1).to_be_bytes());
     d[8..12].copy_from_slice(&vi.block_size.to_be_bytes());
+    d[13] = limits.physical_exp & 0x0F;
     // LBPME (UNMAP and friends are in force) and LBPRZ (unmapped reads 0).
     d[14] = 0x80 | 0x40;
     d.truncate(alloc);
