@@ -155,6 +155,7 @@ def build_parser():
     # Node state.
     method("store_get_stats", "Chunk store counters: capacity, bytes, write amplification, checksum errors.")
     method("metrics_get", "Every metric of this node (the same as the Prometheus endpoint), as JSON.")
+    method("replica_get_stats", "Replication counters: forwards, failures, checksum errors, repairs, resyncs.")
 
     # Anything else, raw.
     sp = sub.add_parser("call", help="Call any method with raw JSON params.",

@@ -10,6 +10,7 @@
 //! cluster-wide JSON-RPC methods (pools, volumes, nodes), which any node
 //! forwards to the meta leader.
 
+pub mod replica_meta;
 pub mod rpc;
 
 use crate::rt;
@@ -167,7 +168,7 @@ impl VolumeCatalog for MetaCatalog {
             block_size: v.block_size,
             extent_size: v.extent_size,
             replica_count: v.replica_count,
-            min_replicas: 0,
+            min_replicas: v.min_replicas,
             thin: v.provisioning != proto::Provisioning::Thick as i32,
             generation: v.generation,
             extents: r

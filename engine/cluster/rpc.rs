@@ -56,11 +56,35 @@ fn volume_json(v: &proto::Volume) -> Value {
         "thin": v.provisioning != proto::Provisioning::Thick as i32,
         "state": if v.state == proto::VolumeState::Creating as i32 { "creating" } else { "ready" },
         "created_unix_ms": v.created_unix_ms,
+        "min_replicas": v.min_replicas,
+        "health": v.health.as_ref().map(|h| json!({
+            "state": health_name(h.state),
+            "extents": h.extents, "healthy": h.healthy, "resyncing": h.resyncing,
+            "degraded": h.degraded, "unavailable": h.unavailable,
+            "resync_bytes_done": h.resync_bytes_done, "resync_bytes_total": h.resync_bytes_total,
+        })),
     })
 }
 
-fn extent_json(e: &proto::Extent) -> Value {
-    json!({"id": e.id, "index": e.index, "replicas": e.replicas, "primary": e.replicas.first(), "generation": e.generation})
+fn health_name(state: i32) -> &'static str {
+    match proto::ExtentHealth::try_from(state).unwrap_or(proto::ExtentHealth::Unspecified) {
+        proto::ExtentHealth::Healthy => "healthy",
+        proto::ExtentHealth::Resyncing => "resyncing",
+        proto::ExtentHealth::Degraded => "degraded",
+        proto::ExtentHealth::Unavailable => "unavailable",
+        proto::ExtentHealth::Unspecified => "unknown",
+    }
+}
+
+fn extent_json(e: &proto::Extent, st: Option<&proto::ExtentStatus>) -> Value {
+    let mut v = json!({"id": e.id, "index": e.index, "replicas": e.replicas, "learners": e.learners,
+                       "primary": e.replicas.first(), "generation": e.generation});
+    if let Some(st) = st {
+        v["health"] = json!(health_name(st.state));
+        v["live_replicas"] = json!(st.live_replicas);
+        v["resync"] = Value::Array(st.resync.iter().map(|r| json!({"node": r.node, "bytes_done": r.bytes_done, "bytes_total": r.bytes_total})).collect());
+    }
+    v
 }
 
 fn node_json(n: &proto::Node) -> Value {
@@ -75,6 +99,8 @@ fn node_json(n: &proto::Node) -> Value {
         "id": n.id, "gateway": addr.gateway, "replica": addr.replica, "zone": n.zone,
         "capacity_total": n.capacity_total, "capacity_free": n.capacity_free, "allocated": n.allocated,
         "state": state, "alive": n.alive, "registered_unix_ms": n.registered_unix_ms,
+        "replicas": n.replicas, "learners": n.learners,
+        "resync_bytes_done": n.resync_bytes_done, "resync_bytes_total": n.resync_bytes_total,
     })
 }
 
@@ -96,6 +122,12 @@ struct PoolCreate {
 #[serde(deny_unknown_fields)]
 struct ByName {
     name: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ById {
+    id: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -218,8 +250,29 @@ pub fn register(registry: &Registry, link: Arc<MetaLink>, events: Arc<dyn Cluste
             .call(move |c| async move { c.get_volume(&p.name).await })
             .map_err(|s| rpc_error(&s))?;
         let mut v = r.volume.as_ref().map(volume_json).unwrap_or(Value::Null);
-        v["extents"] = Value::Array(r.extents.iter().map(extent_json).collect());
+        v["extents"] = Value::Array(
+            r.extents
+                .iter()
+                .enumerate()
+                .map(|(i, e)| extent_json(e, r.extent_status.get(i)))
+                .collect(),
+        );
         Ok(v)
+    });
+    let l = link.clone();
+    registry.register("node_drain", move |p| {
+        let p: ById = parse_params(p)?;
+        let n = l
+            .call(move |c| async move { c.drain_node(&p.id).await })
+            .map_err(|s| rpc_error(&s))?;
+        Ok(node_json(&n))
+    });
+    let l = link.clone();
+    registry.register("node_remove", move |p| {
+        let p: ById = parse_params(p)?;
+        l.call(move |c| async move { c.remove_node(&p.id).await })
+            .map_err(|s| rpc_error(&s))?;
+        Ok(Value::Bool(true))
     });
     let l = link;
     registry.register("node_list", move |_| {

@@ -1,16 +1,20 @@
 //! Assembling a node: store, meta link, volume client, front ends, control
 //! socket, metrics; and taking them down again in the right order.
 
+use ferrite_engine::cluster::replica_meta::MetaReplicaOps;
 use ferrite_engine::cluster::rpc::ClusterEvents;
 use ferrite_engine::cluster::{MetaCatalog, MetaLink};
 use ferrite_engine::metrics::http::MetricsServer;
 use ferrite_engine::metrics::{self, Metrics, Sample};
+use ferrite_engine::replica::router::ReplicaRouter;
+use ferrite_engine::replica::service::{ReplicaService, ServiceConfig};
+use ferrite_engine::replica::transport::{TcpConfig, TcpTransport};
 use ferrite_engine::rpc::server::RpcServer;
 use ferrite_engine::rpc::Registry;
+use ferrite_engine::rt::server::TcpServer;
 use ferrite_engine::rt::{self, Handle};
 use ferrite_engine::store::{ChunkStore, StoreError, StoreOptions};
 use ferrite_engine::volume::client::VolumeClient;
-use ferrite_engine::volume::local::LocalStoreIo;
 use ferrite_engine::volume::VolumeProvider;
 use ferrite_gateway::nbd::NbdServer;
 use ferrite_meta::client::NodeKeeper;
@@ -48,6 +52,8 @@ pub struct Node {
     rpc: Option<RpcServer>,
     nbd: Arc<NbdServer>,
     metrics_http: Option<MetricsServer>,
+    replica: Option<TcpServer>,
+    svc: Arc<ReplicaService>,
     stop_background: Arc<AtomicBool>,
     _link: Arc<MetaLink>,
 }
@@ -81,8 +87,23 @@ impl Node {
         let keeper = link.register_node(reg, Duration::from_secs(30))?;
         log::info!("node '{}' registered with meta {:?}", cfg.node_id, cfg.meta);
 
-        let io = LocalStoreIo::new(store.clone());
-        let volumes = VolumeClient::new(MetaCatalog::new(link.clone()), io);
+        // Replication: this node's replica service and port, and the router
+        // through which the volume client reaches primaries (this node's
+        // own extents by function call).
+        let svc = ReplicaService::new(
+            ServiceConfig::new(&cfg.node_id),
+            store.clone(),
+            MetaReplicaOps::new(link.clone()),
+            TcpTransport::new(TcpConfig::default()),
+        );
+        let replica_server =
+            ferrite_engine::replica::server::start(&handle, cfg.replica, svc.clone())
+                .map_err(|e| format!("replica port {}: {e}", cfg.replica))?;
+        svc.start_background(&handle);
+        let volumes = VolumeClient::new(
+            MetaCatalog::new(link.clone()),
+            ReplicaRouter::new(svc.clone()),
+        );
         let nbd = NbdServer::new(handle.clone(), volumes.clone());
 
         let registry = Registry::new();
@@ -105,6 +126,9 @@ impl Node {
         registry.register("metrics_get", move |_| Ok(m.render_json()));
         let st = store.clone();
         registry.register("store_get_stats", move |_| Ok(store_stats_json(&st)));
+        let sv = svc.clone();
+        registry.register("replica_get_stats", move |_| Ok(replica_stats_json(&sv)));
+        register_replica_metrics(&metrics, svc.clone());
 
         if let Some(addr) = cfg.nbd {
             let bound = nbd
@@ -150,6 +174,8 @@ impl Node {
             rpc: Some(rpc),
             nbd,
             metrics_http,
+            replica: Some(replica_server),
+            svc,
             stop_background,
             _link: link,
         })
@@ -166,6 +192,8 @@ impl Node {
             let _ = self.nbd.export_stop(&e.name);
         }
         self.metrics_http.take();
+        self.svc.stop();
+        self.replica.take();
         let store = self.store.clone();
         let r = self.handle.spawn_on(0, move || store.close()).join();
         match r {
@@ -293,6 +321,55 @@ fn store_stats_json(store: &ChunkStore) -> Value {
         "checksum_errors": s.checksum_errors, "write_amplification": s.write_amplification,
         "devices": s.devices.iter().map(|d| json!({"name": d.name, "bytes_written": d.stats.bytes_written, "bytes_read": d.stats.bytes_read, "flushes": d.stats.flushes})).collect::<Vec<_>>(),
     })
+}
+
+fn replica_stats_json(svc: &ReplicaService) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &svc.stats;
+    json!({
+        "node": svc.node_id(),
+        "forwarded": s.forwarded.load(Relaxed), "forward_failures": s.forward_failures.load(Relaxed),
+        "failures_reported": s.failures_reported.load(Relaxed), "stale_refused": s.stale_refused.load(Relaxed),
+        "checksum_errors": s.checksum_errors.load(Relaxed), "repairs": s.repairs.load(Relaxed),
+        "resync_bytes": s.resync_bytes.load(Relaxed), "resyncs_completed": s.resyncs_completed.load(Relaxed),
+        "extents_collected": s.extents_collected.load(Relaxed),
+        "resyncs_in_progress": svc.resyncs_in_progress().into_iter().map(|(e, n)| json!({"extent": e, "learner": n})).collect::<Vec<_>>(),
+    })
+}
+
+fn register_replica_metrics(m: &Metrics, svc: Arc<ReplicaService>) {
+    m.register(move |out| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &svc.stats;
+        let c = |name: &'static str, help: &'static str, v: u64| {
+            Sample::counter(name, help, vec![], v as f64)
+        };
+        out.push(c(
+            "ferrite_replica_forwarded_total",
+            "Writes the primary forwarded to other replicas and learners",
+            s.forwarded.load(Relaxed),
+        ));
+        out.push(c(
+            "ferrite_replica_forward_failures_total",
+            "Forwards that failed",
+            s.forward_failures.load(Relaxed),
+        ));
+        out.push(c(
+            "ferrite_replica_checksum_errors_total",
+            "Local reads that failed their checksum",
+            s.checksum_errors.load(Relaxed),
+        ));
+        out.push(c(
+            "ferrite_replica_repairs_total",
+            "Bad copies rewritten from a good replica",
+            s.repairs.load(Relaxed),
+        ));
+        out.push(c(
+            "ferrite_replica_resync_bytes_total",
+            "Bytes received as a learner",
+            s.resync_bytes.load(Relaxed),
+        ));
+    });
 }
 
 fn register_store_metrics(m: &Metrics, store: Arc<ChunkStore>) {

@@ -57,16 +57,20 @@ impl<T: AsRawFd> Async<T> {
     }
 
     fn deregister(&self) {
-        if let Some(local) = reactor::current_local() {
-            if local.id == self.src.reactor() {
-                local.io.deregister(&self.src);
-                return;
-            }
+        match reactor::current_local() {
+            Some(local) if local.id == self.src.reactor() => local.io.deregister(&self.src),
+            // Another reactor's socket: a misuse (sockets are !Send, so only
+            // unsafe code could get here).
+            Some(local) => log::error!(
+                "socket fd {} of reactor {} dropped on reactor {}",
+                self.src.fd,
+                self.src.reactor(),
+                local.id
+            ),
+            // The reactor has stopped (thread-local clean-up at thread exit):
+            // its epoll set is gone with it.
+            None => {}
         }
-        log::error!(
-            "socket fd {} dropped off its reactor; it stays registered until that reactor stops",
-            self.src.fd
-        );
     }
 
     /// Runs `op` until it does not return `WouldBlock`, parking on the
