@@ -31,8 +31,8 @@ impl Ident {
         // NAA 6 (IEEE Registered Extended) in the top nibble, then the uuid's
         // first 124 bits: unique per volume and the same on every node.
         naa[0] = 0x60 | (info.uuid[0] >> 4);
-        for i in 1..16 {
-            naa[i] = (info.uuid[i - 1] << 4) | (info.uuid[i] >> 4);
+        for (i, pair) in info.uuid.windows(2).enumerate() {
+            naa[i + 1] = (pair[0] << 4) | (pair[1] >> 4);
         }
         Self {
             vendor: "FERRITE".into(),
@@ -217,9 +217,7 @@ fn device_identification(ident: &Ident, nexus: &Nexus) -> Vec<u8> {
         // SCSI name string (type 8, UTF-8): null terminated, padded to 4.
         let mut name = nexus.target_port.as_bytes().to_vec();
         name.push(0);
-        while name.len() % 4 != 0 {
-            name.push(0);
-        }
+        name.resize(name.len().div_ceil(4) * 4, 0);
         if name.len() <= 252 {
             body.extend(designator(0x3, 0x10 | 0x08, proto, &name));
         }

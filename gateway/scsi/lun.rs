@@ -595,7 +595,7 @@ impl Lun {
         }
         let data = &data[..plen];
         let bd_len = cdb::be16(&data[2..4]) as usize;
-        if bd_len % 16 != 0 || 8 + bd_len > plen {
+        if bd_len & 15 != 0 || 8 + bd_len > plen {
             return Err(Sense::invalid_param_field(2, None).into());
         }
         let count = bd_len / 16;

@@ -546,9 +546,7 @@ impl PrState {
 fn transport_id(initiator_port: &str) -> Vec<u8> {
     let mut name = initiator_port.as_bytes().to_vec();
     name.push(0);
-    while name.len() % 4 != 0 {
-        name.push(0);
-    }
+    name.resize(name.len().div_ceil(4) * 4, 0);
     let mut t = vec![0x40 | super::inquiry::PROTOCOL_ISCSI, 0];
     t.extend_from_slice(&(name.len() as u16).to_be_bytes());
     t.extend(name);

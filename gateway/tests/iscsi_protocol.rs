@@ -13,6 +13,9 @@ use std::time::Duration;
 
 const INITIATOR: &str = "iqn.2026-11.io.ferrite:raw-initiator";
 
+/// Text keys as (key, value) pairs.
+type Keys = Vec<(String, String)>;
+
 /// A bare-bones initiator: enough login and framing to provoke the target.
 struct Raw {
     s: TcpStream,
@@ -73,7 +76,7 @@ impl Raw {
         isid_tail: u8,
         tsih: u16,
         cid: u16,
-    ) -> Result<(Raw, Vec<(String, String)>), (u8, u8)> {
+    ) -> Result<(Raw, Keys), (u8, u8)> {
         let mut r = Raw::connect(addr);
         let mut keys = vec![("InitiatorName", INITIATOR)];
         match target {
