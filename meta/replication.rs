@@ -421,84 +421,123 @@ impl MetaService {
         ))
     }
 
-    /// Builds the extent indexes from the extent records when etcd lacks
-    /// them (data written before issue 5, or an interrupted build): clears
-    /// them, writes every extent's keys (compared on the record), then the
-    /// schema marker. Runs under the write lock; a no-op once built.
+    /// Makes the extent indexes match the extent records when etcd does
+    /// not say they are complete (data written before issue 5, or an
+    /// interrupted build): index keys that are missing or differ are
+    /// written (compared on their extent record), stray ones deleted, then
+    /// the schema marker is written. Keys that are right are left alone,
+    /// so what this leader already wrote keeps its revision. Runs under the
+    /// write lock; a no-op once the marker exists.
     pub async fn ensure_indexes(&self, store: &Store) -> Result<(), Status> {
         if self.require_indexes(store).await.is_ok() {
             return Ok(());
         }
-        let max_ops = self.inner.config.max_txn_ops;
         let _w = self.inner.write_lock.lock().await;
-        let mut clear = Txn::new("clear the extent indexes");
-        clear
-            .delete_prefix(keys::NODE_EXTENTS)
-            .delete_prefix(keys::REPAIR)
-            .delete_prefix(keys::EXTENT_IDS)
-            .delete_prefix(keys::DELETED_VOLUMES);
-        store.commit(clear).await.map_err(store_status)?;
+        for _ in 0..MAX_TXN_RETRIES {
+            if self.reconcile_indexes(store).await? {
+                let mut done = Txn::new("mark the extent indexes built");
+                done.put_raw(keys::SCHEMA, keys::SCHEMA_VERSION.as_bytes().to_vec(), None);
+                store.commit(done).await.map_err(store_status)?;
+                self.inner.indexes_ready.store(true, Ordering::Release);
+                return Ok(());
+            }
+        }
+        Err(conflict_status("build the extent indexes"))
+    }
+
+    /// One pass of [`Self::ensure_indexes`]; false on a conflict.
+    async fn reconcile_indexes(&self, store: &Store) -> Result<bool, Status> {
+        let max_ops = self.inner.config.max_txn_ops.saturating_sub(2).max(1);
         let volumes = store
             .list::<VolumeRecord>(keys::VOLUMES)
             .await
             .map_err(store_status)?;
-        let mut count = 0;
+        // What the records say the indexes hold.
+        let mut want: BTreeMap<String, (Vec<u8>, String, i64)> = BTreeMap::new();
+        let mut n_extents = 0;
         for v in &volumes {
-            let mut attempt = 0;
-            'volume: loop {
-                attempt += 1;
-                if attempt > MAX_TXN_RETRIES {
-                    return Err(conflict_status(&format!(
-                        "index the extents of volume '{}'",
-                        v.value.name
-                    )));
+            let extents = store
+                .list::<ExtentRecord>(&keys::extents(&v.value.uuid))
+                .await
+                .map_err(store_status)?;
+            n_extents += extents.len();
+            for e in extents {
+                let ekey = keys::extent(&e.value.volume_uuid, e.value.index);
+                let entry =
+                    serde_json::to_vec(&ExtentEntry::new(&v.value, &e.value)).unwrap_or_default();
+                let members: BTreeSet<&String> = e.value.members().collect();
+                for m in members {
+                    want.insert(
+                        keys::node_extent(m, &e.value.volume_uuid, e.value.index),
+                        (entry.clone(), ekey.clone(), e.mod_rev),
+                    );
                 }
-                let extents = store
-                    .list::<ExtentRecord>(&keys::extents(&v.value.uuid))
-                    .await
-                    .map_err(store_status)?;
-                let mut pos = 0;
-                while pos < extents.len() {
-                    let mut txn =
-                        Txn::new(format!("index the extents of volume '{}'", v.value.name));
-                    let mut ops = 0;
-                    while pos < extents.len() {
-                        let e = &extents[pos];
-                        let cost = 3 + e.value.members().count();
-                        if ops > 0 && ops + cost + 1 > max_ops {
-                            break;
-                        }
-                        ops += cost;
-                        let key = keys::extent(&e.value.volume_uuid, e.value.index);
-                        txn.expect_rev(&key, e.mod_rev);
-                        txn.put_json(
-                            &keys::extent_id(e.value.id),
-                            &ExtentRef {
-                                volume: v.value.name.clone(),
-                                volume_uuid: v.value.uuid.clone(),
-                                index: e.value.index,
-                            },
-                        );
-                        index_ops(&mut txn, &v.value, None, &e.value);
-                        pos += 1;
-                    }
-                    if store.commit(txn).await.map_err(store_status)? == Commit::Conflict {
-                        continue 'volume;
-                    }
+                if e.value.needs_repair(v.value.replica_count) {
+                    want.insert(
+                        keys::repair(&e.value.volume_uuid, e.value.index),
+                        (entry.clone(), ekey.clone(), e.mod_rev),
+                    );
                 }
-                count += extents.len();
-                break;
+                let r = ExtentRef {
+                    volume: v.value.name.clone(),
+                    volume_uuid: v.value.uuid.clone(),
+                    index: e.value.index,
+                };
+                want.insert(
+                    keys::extent_id(e.value.id),
+                    (serde_json::to_vec(&r).unwrap_or_default(), ekey, e.mod_rev),
+                );
             }
         }
-        let mut done = Txn::new("mark the extent indexes built");
-        done.put_raw(keys::SCHEMA, keys::SCHEMA_VERSION.as_bytes().to_vec(), None);
-        store.commit(done).await.map_err(store_status)?;
-        self.inner.indexes_ready.store(true, Ordering::Release);
-        log::info!(
-            "built the extent indexes: {count} extents of {} volumes",
-            volumes.len()
-        );
-        Ok(())
+        // What they hold.
+        let mut have: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for prefix in [keys::NODE_EXTENTS, keys::REPAIR, keys::EXTENT_IDS] {
+            for (k, v) in store
+                .list_keyed::<serde_json::Value>(prefix)
+                .await
+                .map_err(store_status)?
+            {
+                have.insert(k, v.value);
+            }
+        }
+        let mut puts = Vec::new();
+        for (k, (value, ekey, rev)) in &want {
+            let same = have.get(k).is_some_and(|h| {
+                serde_json::from_slice::<serde_json::Value>(value).is_ok_and(|w| w == *h)
+            });
+            if !same {
+                puts.push((k, value, ekey, *rev));
+            }
+        }
+        let strays: Vec<&String> = have.keys().filter(|k| !want.contains_key(*k)).collect();
+        let (n_puts, n_strays) = (puts.len(), strays.len());
+        for chunk in strays.chunks(max_ops) {
+            let mut txn = Txn::new("drop stray extent index keys");
+            for k in chunk {
+                txn.delete(k);
+            }
+            store.commit(txn).await.map_err(store_status)?;
+        }
+        for chunk in puts.chunks((max_ops / 2).max(1)) {
+            let mut txn = Txn::new("write missing extent index keys");
+            let mut compared = BTreeSet::new();
+            for (k, value, ekey, rev) in chunk {
+                if compared.insert(*ekey) {
+                    txn.expect_rev(ekey, *rev);
+                }
+                txn.put_raw(k, value.to_vec(), None);
+            }
+            if store.commit(txn).await.map_err(store_status)? == Commit::Conflict {
+                return Ok(false);
+            }
+        }
+        if n_puts + n_strays > 0 {
+            log::info!(
+                "extent indexes reconciled with {n_extents} extents of {} volumes: {n_puts} key(s) written, {n_strays} stray key(s) dropped",
+                volumes.len()
+            );
+        }
+        Ok(true)
     }
 
     /// Where extent `id` lives; NOT_FOUND when unknown.
@@ -951,10 +990,12 @@ impl MetaService {
     ///   them, gets learners on new nodes (the placement rules: up with a
     ///   live lease, not draining, not holding it, a new zone first with
     ///   failure domain zone, most room; at most
-    ///   `max_learners_per_node` learners per node).
+    ///   `max_learners_per_node` learners per node at a time).
     ///
-    /// Riskiest first (fewest live replicas), at most
-    /// `extents_per_round` extents changed.
+    /// Riskiest first (fewest live replicas). Placement is tried on a
+    /// scratch copy first, so extents no node can take are counted and
+    /// skipped without costing the round anything; at most
+    /// `extents_per_round` extents are then changed.
     pub async fn repair_round(
         &self,
         store: &Store,
@@ -1007,41 +1048,7 @@ impl MetaService {
             }
         }
 
-        let mut report = RoundReport::default();
-        // (live replicas, staying replicas, key): fewest live first.
-        let mut work: Vec<(usize, usize, (String, u64))> = Vec::new();
-        for (k, e) in &entries {
-            let x = &e.value.extent;
-            let rc = e.value.replica_count as usize;
-            let cleanup = x.learners.iter().any(|l| view.draining(l))
-                || (x.replicas.len() > rc && x.replicas.iter().any(|r| view.draining(r)));
-            let staying = x.replicas.iter().filter(|r| !view.draining(r)).count();
-            let learners = x.learners.iter().filter(|l| !view.draining(l)).count();
-            let short = staying + learners < rc;
-            let primary_live = x.replicas.first().is_some_and(|p| view.live(p));
-            if short && !primary_live && !cleanup {
-                report.waiting += 1;
-                continue;
-            }
-            if cleanup || short {
-                let live = x.replicas.iter().filter(|r| view.live(r)).count();
-                work.push((live, staying, k.clone()));
-            }
-        }
-        work.sort();
-        if work.len() > cfg.extents_per_round {
-            report.deferred = work.len() - cfg.extents_per_round;
-            work.truncate(cfg.extents_per_round);
-        }
-        if work.is_empty() {
-            return Ok(report);
-        }
-        let targets: Vec<Target> = work
-            .iter()
-            .map(|(_, _, k)| Target::of_entry(&entries[k]))
-            .collect();
-
-        let mut placer = Placer::new(
+        let placer = Placer::new(
             nodes
                 .values()
                 .filter(|n| {
@@ -1055,78 +1062,94 @@ impl MetaService {
                 .collect(),
         );
         let max_learners = cfg.max_learners_per_node;
-        let (mut added, mut drained, mut unplaceable) = (0, 0, 0);
-        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+
+        // Plan on the index copies: (live replicas, staying replicas, key),
+        // fewest live first.
+        let mut report = RoundReport::default();
+        let mut ranked: Vec<(usize, usize, (String, u64))> = Vec::new();
+        for (k, e) in &entries {
+            let x = &e.value.extent;
+            let rc = e.value.replica_count as usize;
+            let (clean, cleaned) = cleaned(x, rc, &view);
+            let short = short_by(&clean, rc, &view) > 0;
+            if cleaned == 0 && !short {
+                continue;
+            }
+            if cleaned == 0 && !clean.replicas.first().is_some_and(|p| view.live(p)) {
+                report.waiting += 1;
+                continue;
+            }
+            let live = x.replicas.iter().filter(|r| view.live(r)).count();
+            ranked.push((live, clean.replicas.len(), k.clone()));
+        }
+        ranked.sort();
+        let mut scratch = placer.clone();
+        let mut scratch_learners = learners_on.clone();
+        let mut work: Vec<Target> = Vec::new();
+        for (_, _, k) in &ranked {
+            let e = &entries[k].value;
+            let rc = e.replica_count as usize;
+            let (clean, cleaned) = cleaned(&e.extent, rc, &view);
+            if short_by(&clean, rc, &view) > 0
+                && clean.replicas.first().is_some_and(|p| view.live(p))
+            {
+                let got = pick_learners(
+                    &mut scratch,
+                    &mut scratch_learners,
+                    max_learners,
+                    &view,
+                    &e.extent,
+                    &clean,
+                    rc,
+                    e.failure_domain,
+                    e.extent_size,
+                );
+                if got.is_empty() && cleaned == 0 {
+                    report.unplaceable += 1;
+                    continue;
+                }
+            }
+            if work.len() >= cfg.extents_per_round {
+                report.deferred += 1;
+                continue;
+            }
+            work.push(Target::of_entry(&entries[k]));
+        }
+        if work.is_empty() {
+            return Ok(report);
+        }
+
+        let mut placer = placer;
+        let (mut added, mut drained) = (0, 0);
         let outs = self
-            .change_all(store, "re-replication round", &targets, |view, vol, rec| {
+            .change_all(store, "re-replication round", &work, |view, vol, rec| {
                 if vol.state != VolumeState::Ready {
                     return Ok(None);
                 }
                 let rc = vol.replica_count as usize;
-                let mut new = rec.clone();
-                let before = new.learners.len();
-                new.learners.retain(|l| !view.draining(l));
-                let before_r = new.replicas.len();
-                drop_surplus_draining(&mut new, rc, view, None);
-                let cleaned = before - new.learners.len() + before_r - new.replicas.len();
-                let staying: Vec<String> = new
-                    .replicas
-                    .iter()
-                    .filter(|r| !view.draining(r))
-                    .cloned()
-                    .collect();
-                let mut need = rc.saturating_sub(staying.len() + new.learners.len());
-                let primary_live = new.replicas.first().is_some_and(|p| view.live(p));
-                let mut got = 0;
-                if need > 0 && primary_live {
-                    let mut zones: Vec<String> = staying
-                        .iter()
-                        .chain(new.learners.iter())
-                        .map(|n| view.zone(n).to_string())
-                        .collect();
-                    let mut exclude: HashSet<String> = rec.members().cloned().collect();
-                    exclude.extend(
-                        learners_on
-                            .iter()
-                            .filter(|(_, c)| **c >= max_learners)
-                            .map(|(n, _)| n.clone()),
-                    );
-                    while need > 0 {
-                        let ex: HashSet<&str> = exclude.iter().map(String::as_str).collect();
-                        let zs: Vec<&str> = zones.iter().map(String::as_str).collect();
-                        match placer.place_more(1, vol.failure_domain, vol.extent_size, &ex, &zs) {
-                            Ok(mut chosen) => {
-                                let n = chosen.pop().unwrap_or_default();
-                                let c = learners_on.entry(n.clone()).or_default();
-                                *c += 1;
-                                if *c >= max_learners {
-                                    exclude.insert(n.clone());
-                                }
-                                zones.push(view.zone(&n).to_string());
-                                exclude.insert(n.clone());
-                                new.learners.push(n);
-                                need -= 1;
-                                got += 1;
-                            }
-                            Err(e) => {
-                                unplaceable += 1;
-                                *reasons.entry(e.to_string()).or_default() += 1;
-                                break;
-                            }
-                        }
-                    }
-                }
-                added += got;
+                let (mut new, cleaned) = cleaned(rec, rc, view);
+                let got = pick_learners(
+                    &mut placer,
+                    &mut learners_on,
+                    max_learners,
+                    view,
+                    rec,
+                    &new,
+                    rc,
+                    vol.failure_domain,
+                    vol.extent_size,
+                );
+                added += got.len();
                 drained += cleaned;
+                new.learners.extend(got);
                 Ok(Some(new))
             })
             .await?;
         report.learners_added = added;
         report.drained = drained;
-        report.unplaceable = unplaceable;
         for o in outs.iter().filter(|o| o.changed) {
             log::info!(
-                "extent {} (volume uuid {} index {}): generation {}, replicas {:?}, learners {:?}",
+                "re-replication: extent {} (volume uuid {} index {}): generation {}, replicas {:?}, learners {:?}",
                 o.extent.id,
                 o.extent.volume_uuid,
                 o.extent.index,
@@ -1134,9 +1157,6 @@ impl MetaService {
                 o.extent.replicas,
                 o.extent.learners
             );
-        }
-        if unplaceable > 0 {
-            log::debug!("re-replication: {unplaceable} extent(s) without a node for a new copy: {reasons:?}");
         }
         Ok(report)
     }
@@ -1275,6 +1295,74 @@ impl MetaService {
         }
         Ok(out)
     }
+}
+
+/// `e` without learners on draining nodes and without replicas on
+/// draining nodes beyond `replica_count`, and how many copies went.
+fn cleaned(e: &ExtentRecord, replica_count: usize, view: &View<'_>) -> (ExtentRecord, usize) {
+    let mut new = e.clone();
+    new.learners.retain(|l| !view.draining(l));
+    drop_surplus_draining(&mut new, replica_count, view, None);
+    let gone = e.learners.len() - new.learners.len() + e.replicas.len() - new.replicas.len();
+    (new, gone)
+}
+
+/// How many copies `e` lacks: the replica count minus its replicas on
+/// nodes not being drained and its learners.
+fn short_by(e: &ExtentRecord, replica_count: usize, view: &View<'_>) -> usize {
+    let staying = e.replicas.iter().filter(|r| !view.draining(r)).count();
+    replica_count.saturating_sub(staying + e.learners.len())
+}
+
+/// Chooses nodes for the copies `clean` (the extent after clean-up) lacks,
+/// when its primary is live: never one of `original`'s members, never a
+/// node already filling `max_learners` learners, a new zone first. Takes
+/// the space from `placer` and counts the learners.
+#[allow(clippy::too_many_arguments)]
+fn pick_learners(
+    placer: &mut Placer,
+    learners_on: &mut HashMap<String, usize>,
+    max_learners: usize,
+    view: &View<'_>,
+    original: &ExtentRecord,
+    clean: &ExtentRecord,
+    replica_count: usize,
+    domain: crate::records::FailureDomain,
+    extent_size: u64,
+) -> Vec<String> {
+    let mut need = short_by(clean, replica_count, view);
+    if need == 0 || !clean.replicas.first().is_some_and(|p| view.live(p)) {
+        return Vec::new();
+    }
+    let mut zones: Vec<String> = clean
+        .replicas
+        .iter()
+        .filter(|r| !view.draining(r))
+        .chain(clean.learners.iter())
+        .map(|n| view.zone(n).to_string())
+        .collect();
+    let mut exclude: HashSet<String> = original.members().cloned().collect();
+    exclude.extend(
+        learners_on
+            .iter()
+            .filter(|(_, c)| **c >= max_learners)
+            .map(|(n, _)| n.clone()),
+    );
+    let mut got = Vec::new();
+    while need > 0 {
+        let ex: HashSet<&str> = exclude.iter().map(String::as_str).collect();
+        let zs: Vec<&str> = zones.iter().map(String::as_str).collect();
+        let Ok(mut chosen) = placer.place_more(1, domain, extent_size, &ex, &zs) else {
+            break;
+        };
+        let Some(n) = chosen.pop() else { break };
+        *learners_on.entry(n.clone()).or_default() += 1;
+        zones.push(view.zone(&n).to_string());
+        exclude.insert(n.clone());
+        got.push(n);
+        need -= 1;
+    }
+    got
 }
 
 /// Removes replicas on draining nodes (never `keep`, never below

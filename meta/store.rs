@@ -315,6 +315,18 @@ impl Store {
             .collect()
     }
 
+    /// Every record under `prefix` with its key, in key order.
+    pub async fn list_keyed<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, Versioned<T>)>, StoreError> {
+        self.range(prefix, false)
+            .await?
+            .iter()
+            .map(|kv| Ok((String::from_utf8_lossy(kv.key()).into_owned(), decode(kv)?)))
+            .collect()
+    }
+
     /// How many keys are under `prefix` (etcd counts; nothing is fetched).
     pub async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         let opts = GetOptions::new().with_prefix().with_count_only();

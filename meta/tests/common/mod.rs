@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod scan;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -222,6 +224,11 @@ pub struct MetaOpts {
     pub node_grace_secs: u32,
     pub leader_ttl_secs: u32,
     pub max_txn_ops: u32,
+    /// Pause between re-replication rounds; 0 turns the scheduler off
+    /// (one round an hour).
+    pub repair_interval_ms: u32,
+    pub max_learners_per_node: u32,
+    pub repair_extents_per_round: u32,
 }
 
 impl Default for MetaOpts {
@@ -231,6 +238,9 @@ impl Default for MetaOpts {
             node_grace_secs: 5,
             leader_ttl_secs: 2,
             max_txn_ops: 128,
+            repair_interval_ms: 200,
+            max_learners_per_node: 8,
+            repair_extents_per_round: 64,
         }
     }
 }
@@ -249,6 +259,22 @@ impl Meta {
                 .args(["--node-grace-secs", &opts.node_grace_secs.to_string()])
                 .args(["--leader-ttl-secs", &opts.leader_ttl_secs.to_string()])
                 .args(["--etcd-max-txn-ops", &opts.max_txn_ops.to_string()])
+                .args([
+                    "--repair-interval-ms",
+                    &match opts.repair_interval_ms {
+                        0 => 3_600_000,
+                        ms => ms,
+                    }
+                    .to_string(),
+                ])
+                .args([
+                    "--max-learners-per-node",
+                    &opts.max_learners_per_node.to_string(),
+                ])
+                .args([
+                    "--repair-extents-per-round",
+                    &opts.repair_extents_per_round.to_string(),
+                ])
                 .env(
                     "RUST_LOG",
                     "info,ferrite_meta=debug,h2=info,tower=info,hyper=info",
