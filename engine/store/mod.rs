@@ -329,9 +329,10 @@ impl ChunkStore {
         let cb = if opts.checkpoint_size > 0 {
             opts.checkpoint_size.div_ceil(BS) + 1
         } else {
-            // 20 bytes per mapped block (worst case: isolated blocks), plus room
+            // 24 bytes per mapped block (worst case: isolated blocks, each its
+            // own run), plus room
             // for extent headers.
-            (20 * total + (1 << 20)).div_ceil(BS) + 1
+            (24 * total + (1 << 20)).div_ceil(BS) + 1
         };
         let align = 256; // data areas start on a 1 MiB boundary
         let journal_start = 2;

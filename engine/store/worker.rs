@@ -313,6 +313,8 @@ struct WState {
     pending: VecDeque<PendingOp>,
     home_queue: VecDeque<((u64, u64), u64)>,
     home_inflight: usize,
+    /// The home writer is draining the queue (see `home_writer`).
+    home_draining: bool,
     /// Blocks no mapping points to any more, with the journal position
     /// after which they may be reused.
     quarantine: Vec<(u64, Pba)>,
@@ -362,6 +364,7 @@ impl Worker {
                 pending: VecDeque::new(),
                 home_queue: VecDeque::new(),
                 home_inflight: 0,
+                home_draining: false,
                 quarantine: Vec::new(),
                 head: init.head,
                 tail: init.tail,
@@ -1418,6 +1421,25 @@ impl Worker {
                 {
                     return;
                 }
+                // Write-back is deferred: journaled blocks stay in memory
+                // until a quarter of the journal holds them, or a checkpoint
+                // needs them home, and then go out in large sorted rounds.
+                // Until then a block overwritten again costs one home write,
+                // and the foreground's group commits do not queue behind a
+                // stream of small random writes.
+                if !st.home_draining
+                    && (st.stop
+                        || st.ckpt_job.is_some()
+                        || st.cache.len() as u64 >= self.jblocks() / 4)
+                {
+                    st.home_draining = true;
+                }
+                if !st.home_draining {
+                    drop(st);
+                    self.home_done_ev.set();
+                    self.home_ev.wait();
+                    continue;
+                }
                 while picked.len() < 256 {
                     let Some((key, version)) = st.home_queue.pop_front() else {
                         break;
@@ -1438,6 +1460,14 @@ impl Worker {
                 st.home_inflight += picked.len();
             }
             if picked.is_empty() {
+                let mut st = self.st();
+                if st.home_queue.is_empty() && deferred.is_empty() {
+                    st.home_draining = false;
+                }
+                if st.stop {
+                    continue; // stale entries were all that was left: re-check the exit
+                }
+                drop(st);
                 self.home_done_ev.set();
                 self.home_ev.wait();
                 continue;
