@@ -10,8 +10,8 @@
 //!
 //! - Small or random writes: data and mapping go into the worker's journal,
 //!   one device flush per batch of concurrent writes; the committed blocks
-//!   are written home in the background and the journal is trimmed by
-//!   checkpoints.
+//!   stay in memory and are written home later in sorted rounds, and the
+//!   journal is trimmed by checkpoints.
 //! - Large writes (≥ [`StoreOptions::direct_write_min`]) and sequential
 //!   streams: data straight to newly allocated blocks, only the mapping
 //!   journaled. A recognised stream's small writes are held while others
