@@ -64,6 +64,10 @@ struct Args {
     /// NBD listen address, or "off".
     #[arg(long, default_value = "127.0.0.1:10809")]
     nbd: String,
+    /// How long an I/O waits for enough replicas (or a new primary)
+    /// before it fails.
+    #[arg(long, default_value_t = 30)]
+    io_timeout_secs: u64,
     /// Replica protocol listen address (other nodes send extent I/O here).
     #[arg(long, default_value = "127.0.0.1:7100")]
     replica: SocketAddr,
@@ -137,6 +141,7 @@ fn run(args: Args) -> Result<(), String> {
         nbd: parse_addr("nbd", &args.nbd)?,
         metrics: parse_addr("metrics", &args.metrics)?,
         replica: args.replica,
+        io_timeout: Duration::from_secs(args.io_timeout_secs),
         advertise_host: args.advertise.clone(),
     };
 

@@ -40,6 +40,7 @@ pub struct NodeConfig {
     pub nbd: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub replica: SocketAddr,
+    pub io_timeout: Duration,
     /// The address other nodes and initiators reach this node's front ends at.
     pub advertise_host: String,
 }
@@ -102,7 +103,7 @@ impl Node {
         svc.start_background(&handle);
         let volumes = VolumeClient::new(
             MetaCatalog::new(link.clone()),
-            ReplicaRouter::new(svc.clone()),
+            ReplicaRouter::new(svc.clone(), cfg.io_timeout),
         );
         let nbd = NbdServer::new(handle.clone(), volumes.clone());
 

@@ -6,8 +6,8 @@
 //! failed: a stale view is refreshed from meta; a primary that cannot be
 //! reached is reported to meta (which promotes the next replica) and the
 //! request goes to the new primary; `Unavailable` answers (too few replicas
-//! to acknowledge safely) are retried with backoff for [`RETRY_FOR`], then
-//! returned.
+//! to acknowledge safely) are retried with backoff for a bounded time
+//! ([`RETRY_FOR`] by default), then returned.
 
 use super::proto::{ExtentCtx, Header, Op, Status, FLAG_DEALLOCATE};
 use super::service::{ExtentRecord, MetaRefusal, ReplicaError, ReplicaService};
@@ -27,13 +27,15 @@ pub const RETRY_FOR: Duration = Duration::from_secs(30);
 pub struct ReplicaRouter {
     svc: Arc<ReplicaService>,
     records: Mutex<HashMap<u64, ExtentRecord>>,
+    retry_for: Duration,
 }
 
 impl ReplicaRouter {
-    pub fn new(svc: Arc<ReplicaService>) -> Arc<Self> {
+    pub fn new(svc: Arc<ReplicaService>, retry_for: Duration) -> Arc<Self> {
         Arc::new(Self {
             svc,
             records: Mutex::new(HashMap::new()),
+            retry_for,
         })
     }
 
@@ -162,7 +164,7 @@ impl ReplicaRouter {
         offset: u64,
         mut op: impl FnMut(&ExtentRecord, Option<String>) -> Result<T, ReplicaError>,
     ) -> Result<T, IoError> {
-        let deadline = Instant::now() + RETRY_FOR;
+        let deadline = Instant::now() + self.retry_for;
         let mut backoff = Duration::from_millis(20);
         let mut last = String::new();
         while Instant::now() < deadline {

@@ -463,6 +463,18 @@ impl ReplicaService {
                 format!("extent {id}: primary is {:?}", v.rec.primary()),
             ));
         }
+        // Never write what could not be acknowledged: with fewer replicas
+        // than the pool's minimum, nothing is written at all.
+        let min = ctx_min_replicas(ctx, &v.rec);
+        if (v.rec.replicas.len() as u32) < min {
+            return Err(ReplicaError::Refused(
+                Status::Unavailable,
+                format!(
+                    "extent {id}: {} replica(s) left, the pool needs {min} for a write",
+                    v.rec.replicas.len()
+                ),
+            ));
+        }
         let _lock = self.local.lock_range(id, offset, len);
         // Local first: a compare that fails must forward nothing.
         local_op(&self.local, Self::target(&v))?;
@@ -574,7 +586,6 @@ impl ReplicaService {
                 ),
             ));
         }
-        let min = ctx_min_replicas(ctx, &v.rec);
         if (rec.replicas.len() as u32) < min {
             return Err(ReplicaError::Refused(
                 Status::Unavailable,

@@ -259,6 +259,11 @@ impl Cluster {
 
     /// Starts node `nodeN` with a 2 GiB sparse device file.
     pub fn add_node(&mut self) -> usize {
+        self.add_node_with(&[])
+    }
+
+    /// Like [`Self::add_node`], with more ferrited arguments.
+    pub fn add_node_with(&mut self, extra: &[&str]) -> usize {
         let i = self.nodes.len() + 1;
         let id = format!("node{i}");
         let ndir = self.dir.join(&id);
@@ -288,7 +293,13 @@ impl Cluster {
             format!("127.0.0.1:{metrics}"),
             "--replica".into(),
             format!("127.0.0.1:{replica}"),
+            "--zone".into(),
+            format!("zone{i}"),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect();
         let proc = Self::spawn_node(&id, &args, &ndir);
         let node = Node {
             id,
