@@ -697,7 +697,7 @@ impl MetaService {
             .map_err(store_status)?
             .filter(|e| e.value.id == req.extent_id)
             .ok_or_else(|| Status::not_found(format!("extent {} not found", req.extent_id)))?;
-        if !rec.value.learners.iter().any(|l| *l == req.node) {
+        if !rec.value.learners.contains(&req.node) {
             return Err(failed_precondition(format!(
                 "extent {}: node '{}' is not one of its learners ({:?})",
                 req.extent_id, req.node, rec.value.learners
