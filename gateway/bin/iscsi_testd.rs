@@ -45,6 +45,9 @@ struct Args {
     /// Idle time before a NOP-In ping, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     nop_in_interval_ms: u64,
+    /// Command data one connection may hold, in MiB.
+    #[arg(long, default_value_t = 256)]
+    max_buffered_mib: usize,
     /// Unanswered ping time before the connection is dropped, in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     nop_timeout_ms: u64,
@@ -95,6 +98,7 @@ fn run(args: Args) -> Result<(), String> {
     let opts = TargetOptions {
         nop_in_interval: Duration::from_millis(args.nop_in_interval_ms),
         nop_timeout: Duration::from_millis(args.nop_timeout_ms),
+        max_buffered_per_connection: args.max_buffered_mib << 20,
         ..TargetOptions::default()
     };
     let target = IscsiTarget::new(runtime.handle(), provider, opts);

@@ -110,6 +110,9 @@ struct Conn {
     text_rest: RefCell<Option<(u32, Vec<u8>)>>,
     ping: Cell<Option<(u32, Instant)>>,
     closing: Cell<bool>,
+    /// Bytes of command data this connection holds (see
+    /// `TargetOptions::max_buffered_per_connection`).
+    buffered: Cell<usize>,
 }
 
 fn pad4(n: usize) -> usize {
@@ -149,6 +152,7 @@ pub(crate) fn serve(target: Arc<IscsiTarget>, pg: u16, stream: TcpStream, peer: 
         text_rest: RefCell::new(None),
         ping: Cell::new(None),
         closing: Cell::new(false),
+        buffered: Cell::new(0),
     });
     let end = match conn.login() {
         Ok(true) => conn.full_feature(),
@@ -665,7 +669,10 @@ impl Conn {
                 }
                 let exp = session.window().0;
                 let me = self.clone();
-                self.spawn_tracked(move || {
+                let (itt, immediate) = (t.itt, t.immediate);
+                let s = session.clone();
+                let spawned = self.spawn_tracked(move || {
+                    let session = s;
                     let outcome = tmf::execute(&me.target, &session, &t, exp);
                     if !t.immediate {
                         session.command_done();
@@ -679,6 +686,12 @@ impl Conn {
                         }
                     }
                 });
+                if !spawned {
+                    if !immediate {
+                        session.command_done();
+                    }
+                    self.send(pdu::tmf_response(itt, tmf::response::REJECTED), &[])?;
+                }
                 Ok(())
             }
             Request::Text(t) => {
@@ -792,7 +805,8 @@ impl Conn {
     }
 
     /// Spawns a coroutine that counts as activity of this connection.
-    fn spawn_tracked(self: &Rc<Self>, f: impl FnOnce() + 'static) {
+    /// `false` if no coroutine could be started (no stack memory).
+    fn spawn_tracked(self: &Rc<Self>, f: impl FnOnce() + 'static) -> bool {
         self.active.set(self.active.get() + 1);
         let me = self.clone();
         let r = rt::Builder::new().static_name("iscsi-task").spawn(move || {
@@ -805,7 +819,61 @@ impl Conn {
         if let Err(e) = r {
             log::error!("iscsi: cannot start a task coroutine: {e}");
             self.active.set(self.active.get() - 1);
+            return false;
         }
+        true
+    }
+
+    /// How much data a command may make the target hold: its data-out
+    /// buffer or its read result, whichever the CDB and EDTL make larger.
+    fn buffer_charge(session: &Session, cmd: &ScsiCmd) -> usize {
+        let bs = session
+            .node()
+            .and_then(|n| decode_lun(cmd.lun).and_then(|id| n.lun(id)))
+            .map(|l| l.volume().info().block_size as usize)
+            .unwrap_or(512);
+        let cdb_bytes = scsi::cdb::lba_and_len(&cmd.cdb)
+            .map(|(_, n)| n as usize * bs)
+            .unwrap_or(0);
+        (cmd.edtl as usize).max(cdb_bytes).min(MAX_EDTL as usize)
+    }
+
+    fn reserve_buffer(&self, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        if self.buffered.get() + bytes > self.target.options().max_buffered_per_connection
+            || !self.target.reserve_buffer(bytes)
+        {
+            return false;
+        }
+        self.buffered.set(self.buffered.get() + bytes);
+        true
+    }
+
+    fn release_buffer(&self, bytes: usize) {
+        if bytes > 0 {
+            self.buffered.set(self.buffered.get() - bytes);
+            self.target.release_buffer(bytes);
+        }
+    }
+
+    /// Answers a command at once with a bare status (TASK SET FULL, BUSY).
+    fn refuse(
+        &self,
+        session: &Session,
+        itt: u32,
+        edtl: u32,
+        counted: bool,
+        status: Status,
+    ) -> Result<(), End> {
+        session.remove_task(itt);
+        if counted {
+            session.command_done();
+        }
+        let residual = Residual::of(0, edtl);
+        self.send(pdu::scsi_response(itt, status as u8, residual, 0, 0), &[])
+            .map_err(End::Io)
     }
 
     fn scsi_command(
@@ -840,6 +908,15 @@ impl Conn {
             }
             return self.reject_pdu(reject::TASK_IN_PROGRESS, bhs);
         }
+        let charge = Self::buffer_charge(session, &cmd);
+        if !self.reserve_buffer(charge) {
+            log::debug!(
+                "iscsi: {}: {} bytes of command data would exceed the buffer budget; TASK SET FULL",
+                self.shared.peer,
+                charge
+            );
+            return self.refuse(session, cmd.itt, cmd.edtl, counted, Status::TaskSetFull);
+        }
         let params = &session.params;
         let mut early: Option<Sense> = None;
         if cmd.read && cmd.write {
@@ -850,6 +927,7 @@ impl Conn {
         let xfer = if cmd.write && cmd.edtl > 0 && early.is_none() {
             if !cmd.data.is_empty() && !params.immediate_data {
                 session.remove_task(cmd.itt);
+                self.release_buffer(charge);
                 if counted {
                     session.command_done();
                 }
@@ -862,6 +940,7 @@ impl Conn {
             let unsol_limit = params.first_burst_length.min(cmd.edtl);
             if cmd.data.len() as u32 > unsol_limit {
                 session.remove_task(cmd.itt);
+                self.release_buffer(charge);
                 if counted {
                     session.command_done();
                 }
@@ -895,13 +974,22 @@ impl Conn {
         } else {
             None
         };
+        let (itt, edtl) = (cmd.itt, cmd.edtl);
         let me = self.clone();
-        let session = session.clone();
-        self.spawn_tracked(move || {
-            me.run_command(&session, &task, cmd, xfer, early);
-            session.remove_task(task.itt);
-            task.done.set();
+        let s = session.clone();
+        let t = task.clone();
+        let spawned = self.spawn_tracked(move || {
+            me.run_command(&s, &t, cmd, xfer, early);
+            me.release_buffer(charge);
+            s.remove_task(t.itt);
+            t.done.set();
         });
+        if !spawned {
+            self.unsol.borrow_mut().remove(&itt);
+            self.release_buffer(charge);
+            task.done.set();
+            return self.refuse(session, itt, edtl, counted, Status::Busy);
+        }
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use ferrite_engine::rt::{self, migrate, Handle};
 use ferrite_engine::volume::{BlockVolume, VolumeProvider};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
@@ -187,6 +187,12 @@ pub struct TargetOptions {
     pub nop_timeout: Duration,
     /// How long a login may take.
     pub login_timeout: Duration,
+    /// Command data (data-out buffers and read results) one connection may
+    /// hold at once; beyond it commands get TASK SET FULL and initiators
+    /// retry, so a client cannot make the target allocate without bound.
+    pub max_buffered_per_connection: usize,
+    /// The same over all connections of the target.
+    pub max_buffered_total: usize,
 }
 
 impl Default for TargetOptions {
@@ -197,6 +203,8 @@ impl Default for TargetOptions {
             nop_in_interval: Duration::from_secs(30),
             nop_timeout: Duration::from_secs(60),
             login_timeout: Duration::from_secs(30),
+            max_buffered_per_connection: 256 << 20,
+            max_buffered_total: 2 << 30,
         }
     }
 }
@@ -237,6 +245,9 @@ pub struct IscsiTarget {
     luns: Mutex<HashMap<String, Weak<Lun>>>,
     next_tsih: AtomicU16,
     next_conn: AtomicU64,
+    /// Bytes of command data held by all connections (see
+    /// `TargetOptions::max_buffered_total`).
+    buffered: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -260,6 +271,7 @@ impl IscsiTarget {
             luns: Mutex::new(HashMap::new()),
             next_tsih: AtomicU16::new(1),
             next_conn: AtomicU64::new(1),
+            buffered: AtomicUsize::new(0),
         })
     }
 
@@ -803,6 +815,20 @@ impl IscsiTarget {
             })
             .cloned()
             .collect()
+    }
+
+    /// Takes `bytes` from the target-wide buffer budget; `false` if full.
+    pub(crate) fn reserve_buffer(&self, bytes: usize) -> bool {
+        let limit = self.options.max_buffered_total;
+        self.buffered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b + bytes <= limit).then_some(b + bytes)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn release_buffer(&self, bytes: usize) {
+        self.buffered.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     pub(crate) fn conn_id(&self) -> u64 {

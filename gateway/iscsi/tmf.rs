@@ -26,6 +26,7 @@ pub mod response {
     pub const NO_LUN: u8 = 2;
     pub const NO_REASSIGN: u8 = 4;
     pub const NOT_SUPPORTED: u8 = 5;
+    pub const REJECTED: u8 = 255;
 }
 
 /// What a task management function did.

@@ -582,3 +582,32 @@ fn login_failures_say_why() {
     d.scsi_cmd(&[0u8; 6], false, false, 0, &[]);
     assert_eq!(d.recv_reply().unwrap().0[0] & 0x3f, 0x3f, "Reject");
 }
+
+#[test]
+fn command_data_is_bounded_per_connection() {
+    let t = Target::start("budget", &["v0:16M"], 1, true, &["--max-buffered-mib", "1"]);
+    let n = node("v0");
+    let (mut a, _) =
+        Raw::login(t.portals[0], Some(&n), &[("InitialR2T", "Yes")], 10, 0, 0).expect("login");
+    // 2 MiB of data-out would exceed the 1 MiB budget: TASK SET FULL, no R2T.
+    let itt = a.scsi_cmd(&write10(0, 4096), false, true, 2 << 20, &[]);
+    let (h, _) = a.recv_reply().unwrap();
+    assert_eq!(
+        (h[0] & 0x3f, be32(&h[16..20]), h[3]),
+        (0x21, itt, 0x28),
+        "TASK SET FULL"
+    );
+    // So would a 2 MiB read, whatever EDTL claims.
+    let itt = a.scsi_cmd(&read10(0, 4096), true, false, 512, &[]);
+    let (h, _) = a.recv_reply().unwrap();
+    assert_eq!(
+        (be32(&h[16..20]), h[3]),
+        (itt, 0x28),
+        "TASK SET FULL for a read"
+    );
+    // Within the budget, writes go through as usual.
+    let itt = a.scsi_cmd(&write10(0, 1), false, true, 512, &[7u8; 512]);
+    let (h, _) = a.recv_reply().unwrap();
+    assert_eq!((be32(&h[16..20]), h[3]), (itt, 0), "small write");
+    assert!(a.ping());
+}
