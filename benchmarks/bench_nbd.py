@@ -149,7 +149,8 @@ def main():
         node = spawn("ferrited", [f"{BIN}/ferrited", "--cores", "0-1", "--no-pin", "--poll-mode", "adaptive",
                                   "--node-id", "bench", "--device", f"{tmp}/ferrite.img", "--device-size", "3G",
                                   "--meta", f"127.0.0.1:{mp}", "-r", sock, "--nbd", f"127.0.0.1:{nbd}",
-                                  "--metrics", "off", "--replica", f"127.0.0.1:{free_port()}"])
+                                  "--metrics", "off", "--replica", f"127.0.0.1:{free_port()}",
+                                  "--iscsi", "off", "--nvmf", "off", "--nvmf-discovery", "off"])
         wait_port(nbd, 60)
         rpc(sock, "pool_create", {"name": "bench", "replica_count": 1, "thin": False})
         rpc(sock, "volume_create", {"name": "vol0", "pool": "bench", "size": SIZE})

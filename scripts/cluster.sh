@@ -7,7 +7,8 @@
 #
 # Node K: RPC socket /var/tmp/ferrite-nodeK.sock, pid file
 # run/cluster/ferrited-K.pid, NBD on 127.0.0.1:(10808+K), replica port
-# 7100+K, metrics 9560+K. vol0 is exported over NBD from node 1.
+# 7100+K, metrics 9560+K, iSCSI 3259+K, NVMe/TCP 4419+K (discovery 8008+K).
+# vol0 is exported from node 1 on every front end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
@@ -53,14 +54,15 @@ up() {
     start_bg "ferrited-$k" "$DIR/ferrited-$k.pid" "$BIN/ferrited" --cores 0-1 --no-pin --poll-mode adaptive \
       --node-id "node$k" --zone "zone$k" --data-dir "$DIR/node$k" --device-size 4G --meta "$META_ADDR" \
       -r "$(sock "$k")" --nbd "127.0.0.1:$((10808 + k))" --replica "127.0.0.1:$((7100 + k))" \
-      --metrics "127.0.0.1:$((9560 + k))"
+      --metrics "127.0.0.1:$((9560 + k))" --iscsi "127.0.0.1:$((3259 + k))" \
+      --nvmf "127.0.0.1:$((4419 + k))" --nvmf-discovery "127.0.0.1:$((8008 + k))"
   done
   for k in $(seq 1 "$nodes"); do wait_for "node$k" 60 rpc "$k" spdk_get_version; done
   pools=$(rpc 1 pool_list)
   grep -q "\"name\": \"pool-rf$rf\"" <<<"$pools" || rpc 1 pool_create -n "pool-rf$rf" --replica-count "$rf" >/dev/null
   vols=$(rpc 1 volume_list)
   grep -q '"name": "vol0"' <<<"$vols" || rpc 1 volume_create -n vol0 -p "pool-rf$rf" -s "$SIZE" >/dev/null
-  rpc 1 nbd_export_start -v vol0 >/dev/null 2>&1 || true
+  rpc 1 volume_export -n vol0 >/dev/null
   log "up: $nodes nodes, vol0 ($SIZE, RF $rf) at nbd://127.0.0.1:10809/vol0"
   log "try: scripts/rpc.py -s $(sock 1) node_list; scripts/cluster.sh down"
 }

@@ -136,6 +136,15 @@ def build_parser():
     sp = method("volume_get", "A volume with its extents and their replicas.", lambda a: {"name": a.name})
     sp.add_argument("-n", "--name", required=True)
 
+    # Everything at once.
+    sp = method("volume_export", "Export a volume on every front end of this node (NBD, iSCSI, NVMe/TCP).",
+                lambda a: drop_none({"name": a.name, "nbd": False if a.no_nbd else None,
+                                     "iscsi": False if a.no_iscsi else None, "nvmf": False if a.no_nvmf else None}))
+    sp.add_argument("-n", "--name", required=True)
+    sp.add_argument("--no-nbd", action="store_true")
+    sp.add_argument("--no-iscsi", action="store_true")
+    sp.add_argument("--no-nvmf", action="store_true")
+
     # NBD exports.
     sp = method("nbd_export_start", "Export a volume over NBD.",
                 lambda a: drop_none({"volume": a.volume, "name": a.name}))

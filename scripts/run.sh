@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: a one-node Ferrite in the foreground: etcd, ferrite-meta and
 # ferrited on a file-backed device under ./run/, pool `pool0` (1 replica),
-# a 1 GiB volume `vol0` exported over NBD. Ctrl-C stops everything cleanly;
+# a 1 GiB volume `vol0` exported over NBD, iSCSI and NVMe/TCP. Ctrl-C stops everything cleanly;
 # a second `make run` finds the data still there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,9 @@ ETCD_PORT=${ETCD_PORT:-2379}
 META_ADDR=${META_ADDR:-127.0.0.1:7000}
 NBD_ADDR=${NBD_ADDR:-127.0.0.1:10809}
 METRICS_ADDR=${METRICS_ADDR:-127.0.0.1:9560}
+ISCSI_ADDR=${ISCSI_ADDR:-127.0.0.1:3260}
+NVMF_ADDR=${NVMF_ADDR:-127.0.0.1:4420}
+DISC_ADDR=${DISC_ADDR:-127.0.0.1:8009}
 RPC="python3 scripts/rpc.py -s $SOCK"
 
 mkdir -p "$RUN/etcd" "$RUN/node1"
@@ -47,7 +50,7 @@ wait_for() { # what, seconds, command...
   exit 1
 }
 
-for port in $ETCD_PORT ${META_ADDR##*:} ${NBD_ADDR##*:}; do
+for port in $ETCD_PORT ${META_ADDR##*:} ${NBD_ADDR##*:} ${ISCSI_ADDR##*:} ${NVMF_ADDR##*:} ${DISC_ADDR##*:}; do
   if port_busy "$port"; then log "port $port is in use: is another Ferrite (or etcd) running?"; exit 1; fi
 done
 
@@ -67,7 +70,8 @@ wait_for ferrite-meta 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/${META_ADDR##*:}"
 log "starting ferrited (2 reactors, adaptive polling, device $RUN/node1/dev0.img)"
 setsid "$BIN/ferrited" --cores 0-1 --no-pin --poll-mode adaptive --node-id node1 \
   --data-dir "$RUN/node1" --device-size 4G --meta "$META_ADDR" -r "$SOCK" \
-  --nbd "$NBD_ADDR" --metrics "$METRICS_ADDR" >"$RUN/ferrited.log" 2>&1 &
+  --nbd "$NBD_ADDR" --metrics "$METRICS_ADDR" --iscsi "$ISCSI_ADDR" --nvmf "$NVMF_ADDR" \
+  --nvmf-discovery "$DISC_ADDR" >"$RUN/ferrited.log" 2>&1 &
 pids+=($!)
 wait_for ferrited 60 $RPC spdk_get_version
 
@@ -76,13 +80,15 @@ pools=$($RPC pool_list)
 vols=$($RPC volume_list)
 grep -q '"name": "pool0"' <<<"$pools" || $RPC pool_create -n pool0 --replica-count 1 >/dev/null
 grep -q '"name": "vol0"' <<<"$vols" || $RPC volume_create -n vol0 -p pool0 -s 1G >/dev/null
-$RPC nbd_export_start -v vol0 >/dev/null
+$RPC volume_export -n vol0 >/dev/null
 
 NBD_URI="nbd://$NBD_ADDR/vol0"
 cat <<EOF
 
 Ferrite is running: one node, pool0 (1 replica), vol0 (1 GiB).
   NBD export:    $NBD_URI
+  iSCSI:         iscsi://$ISCSI_ADDR/iqn.2026-11.io.ferrite:vol0/0   (LUN 0)
+  NVMe/TCP:      nqn.2026-11.io.ferrite:vol0 on $NVMF_ADDR (discovery on $DISC_ADDR)
   control:       scripts/rpc.py -s $SOCK volume_list      (and rpc_get_methods, --help)
   metrics:       curl http://$METRICS_ADDR/metrics
   logs:          $RUN/{etcd,meta,ferrited}.log
@@ -90,6 +96,8 @@ Ferrite is running: one node, pool0 (1 replica), vol0 (1 GiB).
 Try it:
   nbdinfo $NBD_URI
   qemu-io -f raw -c 'write -P 0xab 0 64k' -c 'read -P 0xab 0 64k' $NBD_URI
+  iscsi-inq iscsi://$ISCSI_ADDR/iqn.2026-11.io.ferrite:vol0/0
+  nvme discover -t tcp -a ${DISC_ADDR%:*} -s ${DISC_ADDR##*:}; nvme connect -t tcp -a ${NVMF_ADDR%:*} -s ${NVMF_ADDR##*:} -n nqn.2026-11.io.ferrite:vol0
   fio --name=try --ioengine=nbd --uri=$NBD_URI --rw=randrw --bs=4k --iodepth=16 --size=256m --verify=crc32c --verify_state_save=0
 
 Ctrl-C stops everything; the data stays under $RUN.

@@ -71,6 +71,15 @@ struct Args {
     /// Replica protocol listen address (other nodes send extent I/O here).
     #[arg(long, default_value = "127.0.0.1:7100")]
     replica: SocketAddr,
+    /// iSCSI portal (portal group 1, initiator group 1 = any), or "off".
+    #[arg(long, default_value = "127.0.0.1:3260")]
+    iscsi: String,
+    /// NVMe/TCP address subsystems listen on by default, or "off".
+    #[arg(long, default_value = "127.0.0.1:4420")]
+    nvmf: String,
+    /// NVMe/TCP discovery controller address, or "off".
+    #[arg(long, default_value = "127.0.0.1:8009")]
+    nvmf_discovery: String,
     /// Prometheus endpoint address, or "off".
     #[arg(long, default_value = "127.0.0.1:9560")]
     metrics: String,
@@ -140,6 +149,9 @@ fn run(args: Args) -> Result<(), String> {
         rpc_socket: args.rpc_socket.clone(),
         nbd: parse_addr("nbd", &args.nbd)?,
         metrics: parse_addr("metrics", &args.metrics)?,
+        iscsi: parse_addr("iscsi", &args.iscsi)?,
+        nvmf: parse_addr("nvmf", &args.nvmf)?,
+        nvmf_discovery: parse_addr("nvmf-discovery", &args.nvmf_discovery)?,
         replica: args.replica,
         io_timeout: Duration::from_secs(args.io_timeout_secs),
         advertise_host: args.advertise.clone(),

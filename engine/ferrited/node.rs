@@ -16,7 +16,9 @@ use ferrite_engine::rt::{self, Handle};
 use ferrite_engine::store::{ChunkStore, StoreError, StoreOptions};
 use ferrite_engine::volume::client::VolumeClient;
 use ferrite_engine::volume::VolumeProvider;
+use ferrite_gateway::iscsi::{IscsiTarget, Portal, TargetOptions as IscsiOptions};
 use ferrite_gateway::nbd::NbdServer;
+use ferrite_gateway::nvmf::{ExportOpts, ListenAddress, NvmfTarget, TransportOpts};
 use ferrite_meta::client::NodeKeeper;
 use ferrite_meta::proto;
 use serde_json::{json, Value};
@@ -39,6 +41,9 @@ pub struct NodeConfig {
     pub rpc_socket: PathBuf,
     pub nbd: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    pub iscsi: Option<SocketAddr>,
+    pub nvmf: Option<SocketAddr>,
+    pub nvmf_discovery: Option<SocketAddr>,
     pub replica: SocketAddr,
     pub io_timeout: Duration,
     /// The address other nodes and initiators reach this node's front ends at.
@@ -54,6 +59,8 @@ pub struct Node {
     nbd: Arc<NbdServer>,
     metrics_http: Option<MetricsServer>,
     replica: Option<TcpServer>,
+    iscsi: Arc<IscsiTarget>,
+    nvmf: Arc<NvmfTarget>,
     svc: Arc<ReplicaService>,
     stop_background: Arc<AtomicBool>,
     _link: Arc<MetaLink>,
@@ -119,6 +126,42 @@ impl Node {
         ferrite_engine::cluster::rpc::register(&registry, link.clone(), events);
         ferrite_gateway::nbd::register_rpc(&registry, nbd.clone());
 
+        // iSCSI: portal group 1 on --iscsi and initiator group 1 (any
+        // initiator), so `iscsi_create_target_node` with pg 1 / ig 1 exports
+        // a volume; SPDK's methods configure everything else.
+        let iscsi = IscsiTarget::new(handle.clone(), volumes.clone(), IscsiOptions::default());
+        ferrite_gateway::iscsi::register_rpc(&registry, iscsi.clone());
+        if let Some(a) = cfg.iscsi {
+            let portal = Portal {
+                host: a.ip().to_string(),
+                port: a.port().to_string(),
+            };
+            iscsi
+                .create_portal_group(1, vec![portal], false)
+                .map_err(|e| format!("iSCSI portal {a}: {e}"))?;
+            iscsi
+                .create_initiator_group(
+                    1,
+                    vec!["ANY".into()],
+                    vec!["ANY".into()],
+                    Default::default(),
+                )
+                .map_err(|e| format!("iSCSI initiator group: {e}"))?;
+            log::info!("iSCSI portal group 1 on {a}");
+        }
+        // NVMe/TCP: the TCP transport and the discovery controller.
+        let nvmf = NvmfTarget::new(handle.clone(), volumes.clone());
+        ferrite_gateway::nvmf::register_rpc(&registry, nvmf.clone());
+        nvmf.create_transport(TransportOpts::default())
+            .map_err(|e| format!("NVMe/TCP transport: {e}"))?;
+        if let Some(a) = cfg.nvmf_discovery {
+            nvmf.add_discovery_listener(&ListenAddress::tcp(a.ip().to_string(), a.port()), None)
+                .map_err(|e| format!("NVMe/TCP discovery on {a}: {e}"))?;
+            log::info!("NVMe/TCP discovery on {a}");
+        }
+
+        register_volume_export(&registry, cfg, nbd.clone(), iscsi.clone(), nvmf.clone());
+
         let metrics = Metrics::new();
         metrics::register_reactor_metrics(&metrics, handle.clone());
         register_store_metrics(&metrics, store.clone());
@@ -176,6 +219,8 @@ impl Node {
             nbd,
             metrics_http,
             replica: Some(replica_server),
+            iscsi,
+            nvmf,
             svc,
             stop_background,
             _link: link,
@@ -191,6 +236,13 @@ impl Node {
         }
         for e in self.nbd.export_list() {
             let _ = self.nbd.export_stop(&e.name);
+        }
+        self.nvmf.shutdown();
+        for n in self.iscsi.target_nodes() {
+            let _ = self.iscsi.delete_target_node(&n.name);
+        }
+        for pg in self.iscsi.portal_groups() {
+            let _ = self.iscsi.delete_portal_group(pg.tag);
         }
         self.metrics_http.take();
         self.svc.stop();
@@ -322,6 +374,99 @@ fn store_stats_json(store: &ChunkStore) -> Value {
         "checksum_errors": s.checksum_errors, "write_amplification": s.write_amplification,
         "devices": s.devices.iter().map(|d| json!({"name": d.name, "bytes_written": d.stats.bytes_written, "bytes_read": d.stats.bytes_read, "flushes": d.stats.flushes})).collect::<Vec<_>>(),
     })
+}
+
+/// `volume_export {name, nbd?, iscsi?, nvmf?}`: exports a volume on every
+/// front end this node runs (each may be turned off with `false`): NBD
+/// export `<name>`, iSCSI target `iqn.2026-11.io.ferrite:<name>` LUN 0
+/// (portal group 1, any initiator), NVMe/TCP subsystem
+/// `nqn.2026-11.io.ferrite:<name>` on the node's `--nvmf` listener (any
+/// host). Each node uses its own NVMe controller-id range, so several
+/// gateways can export one volume as paths of one subsystem.
+fn register_volume_export(
+    registry: &Registry,
+    cfg: &NodeConfig,
+    nbd: Arc<NbdServer>,
+    iscsi: Arc<IscsiTarget>,
+    nvmf: Arc<NvmfTarget>,
+) {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        name: String,
+        #[serde(default)]
+        nbd: Option<bool>,
+        #[serde(default)]
+        iscsi: Option<bool>,
+        #[serde(default)]
+        nvmf: Option<bool>,
+    }
+    let (nbd_on, iscsi_on, nvmf_addr) = (cfg.nbd.is_some(), cfg.iscsi.is_some(), cfg.nvmf);
+    let advertise = cfg.advertise_host.clone();
+    // 15 disjoint ranges of 4096 ids, picked by node id.
+    let slot = fnv1a(cfg.node_id.as_bytes()) % 15;
+    let cntlid = (1 + slot as u16 * 0x1000, slot as u16 * 0x1000 + 0x0fff);
+    registry.register("volume_export", move |p| {
+        let p: P = ferrite_engine::rpc::parse_params(p)?;
+        let mut out = serde_json::Map::new();
+        let fail = |what: &str, e: String| {
+            ferrite_engine::rpc::RpcError::errno(
+                5,
+                format!("exporting {} over {what}: {e}", p.name),
+            )
+        };
+        if nbd_on && p.nbd.unwrap_or(true) {
+            match nbd.export_start(&p.name, None) {
+                Ok(_) => {}
+                Err(e) if e.code == -17 => {} // already exported
+                Err(e) => return Err(e),
+            }
+            out.insert(
+                "nbd".into(),
+                json!(format!(
+                    "nbd://{}/{}",
+                    nbd.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    p.name
+                )),
+            );
+        }
+        if iscsi_on && p.iscsi.unwrap_or(true) {
+            let iqn = iscsi.full_name(&p.name);
+            if iscsi.target_node(&iqn).is_none() {
+                iscsi
+                    .export_volume(&p.name, 1, 1, 128)
+                    .map_err(|e| fail("iSCSI", e.to_string()))?;
+            }
+            out.insert("iscsi".into(), json!(iqn));
+        }
+        if let (Some(a), true) = (nvmf_addr, p.nvmf.unwrap_or(true)) {
+            let opts = ExportOpts {
+                allow_any_host: true,
+                listeners: vec![ListenAddress::tcp(a.ip().to_string(), a.port())],
+                cntlid_range: cntlid,
+                ..ExportOpts::default()
+            };
+            let nqn = ferrite_gateway::nvmf::volume_nqn(&p.name);
+            if !nvmf.subsystems().iter().any(|s| s.nqn == nqn) {
+                nvmf.export_volume(&p.name, &opts)
+                    .map_err(|e| fail("NVMe/TCP", e.to_string()))?;
+            }
+            out.insert(
+                "nvmf".into(),
+                json!({"nqn": nqn, "traddr": advertise, "trsvcid": a.port()}),
+            );
+        }
+        Ok(Value::Object(out))
+    });
+}
+
+/// FNV-1a: spreads node ids over the controller-id ranges.
+fn fnv1a(b: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &x in b {
+        h = (h ^ x as u32).wrapping_mul(0x0100_0193);
+    }
+    h
 }
 
 fn replica_stats_json(svc: &ReplicaService) -> Value {

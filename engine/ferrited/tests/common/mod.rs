@@ -295,6 +295,12 @@ impl Cluster {
             format!("127.0.0.1:{replica}"),
             "--zone".into(),
             format!("zone{i}"),
+            "--iscsi".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--nvmf".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--nvmf-discovery".into(),
+            format!("127.0.0.1:{}", free_port()),
         ];
         let args: Vec<String> = args
             .into_iter()
