@@ -7,8 +7,10 @@ export CARGO_TERM_COLOR ?= never
 # Tests and benchmarks use the same optimised build as `make run`.
 CARGO_FLAGS ?= --release --workspace
 BIN := target/release
+# The VM harness (hw-tests/vm) keeps its kernel, initramfs and tools here.
+export VM_CACHE ?= $(CURDIR)/.vm-cache
 
-.PHONY: all deps build run cluster cluster-down test unit-test bench bench-rt bench-nbd clean fmt lint test-aarch64
+.PHONY: all deps build run cluster cluster-down vm-cache test hw-test unit-test crash-test bench bench-rt bench-store bench-nbd bench-iscsi bench-nvmf clean fmt lint test-aarch64
 
 all: build
 
@@ -31,16 +33,41 @@ cluster: build
 cluster-down:
 	@scripts/cluster.sh down
 
-# Every test: unit tests, the runtime's process tests, and the integration
-# tests that drive real etcd / ferrite-meta / ferrited with real clients.
-test: build
-	$(CARGO) test $(CARGO_FLAGS) --no-fail-fast
+# The VM the kernel-initiator and VFIO tests boot (built once, ~70 s).
+vm-cache:
+	@hw-tests/vm/vm-prepare.sh
+
+# Every test: unit tests, the runtime's process tests, the store's crash
+# test, the integration tests that drive real etcd / ferrite-meta / ferrited
+# with real clients (fio, qemu-img/qemu-io, nbdinfo, libiscsi's
+# iscsi-test-cu, spdk-rpc), fuzz corpora, and the Linux kernel initiators
+# in the VM (a missing VM is a failure, not a skip).
+test: build vm-cache
+	FERRITE_REQUIRE_VM=1 $(CARGO) test $(CARGO_FLAGS) --no-fail-fast
+
+# Tests that need the VM only.
+hw-test: build vm-cache
+	hw-tests/nvmf/run.sh
 
 unit-test:
 	$(CARGO) test $(CARGO_FLAGS) --lib
 
+# More crash cycles than `make test` runs (20): make crash-test CYCLES=200
+CYCLES ?= 100
+crash-test:
+	CYCLES=$(CYCLES) $(CARGO) test --release -p ferrite-engine --test store_crash -- --nocapture
+
 # Benchmarks print their figures as `RESULT <name> <value> <unit>` lines.
-bench: bench-rt bench-nbd
+bench: bench-rt bench-store bench-nbd bench-iscsi
+
+bench-store: build
+	$(BIN)/bench-store
+
+bench-iscsi: build
+	benchmarks/bench-iscsi.sh
+
+bench-nvmf: build vm-cache
+	benchmarks/bench-nvmf.sh
 
 bench-rt: build
 	$(BIN)/bench-rt

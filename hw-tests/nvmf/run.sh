@@ -22,7 +22,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 TESTD=${FERRITE_NVMF_TESTD:-$repo/target/release/ferrite-nvmf-testd}
-VM_DIR=${VM_DIR:-$(cd "$repo/.." && pwd)/shared/vm}
+VM_DIR=${VM_DIR:-$repo/hw-tests/vm}
 export VM_CACHE=${VM_CACHE:-$repo/.vm-cache}
 GUEST_NQN=nqn.2014-08.org.nvmexpress:uuid:6b1b2fd1-7c86-4e4b-9a33-6f2f5b9c0a11
 NQN=nqn.2026-11.io.ferrite:vol0
