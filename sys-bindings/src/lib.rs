@@ -8,15 +8,20 @@
 //! Each `unsafe` block carries a `// SAFETY:` line saying why it is sound.
 
 pub mod affinity;
+pub mod devmem;
 pub mod dma;
 pub mod epoll;
 pub mod eventfd;
 pub mod guarded;
+pub mod mmio;
 pub mod net;
+pub mod pagemap;
+pub mod pci;
 pub mod segv;
 pub mod signals;
 pub mod timerfd;
 pub mod ucontext;
+pub mod vfio;
 
 use std::io;
 
