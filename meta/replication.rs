@@ -251,7 +251,13 @@ impl MetaService {
             // The fence compare.
             let (mut ops, mut cmps) = (0usize, 1usize);
             let mut consumed = targets.len();
+            // An extent named twice is decided once (etcd refuses two puts
+            // of one key in a transaction).
+            let mut seen: HashSet<(&str, u64)> = HashSet::new();
             for (i, t) in targets.iter().enumerate() {
+                if !seen.insert((t.uuid.as_str(), t.index)) {
+                    continue;
+                }
                 if !volumes.contains_key(&t.volume) {
                     let v = store
                         .get::<VolumeRecord>(&keys::volume(&t.volume))
