@@ -10,7 +10,7 @@ BIN := target/release
 # The VM harness (hw-tests/vm) keeps its kernel, initramfs and tools here.
 export VM_CACHE ?= $(CURDIR)/.vm-cache
 
-.PHONY: all deps build run cluster cluster-down vm-cache test hw-test unit-test crash-test bench bench-rt bench-store bench-nbd bench-iscsi bench-nvmf clean fmt lint test-aarch64
+.PHONY: all deps build run cluster cluster-down vm-cache test hw-test unit-test crash-test bench bench-rt bench-store bench-nbd bench-iscsi bench-nvmf bench-cluster clean fmt lint test-aarch64
 
 all: build
 
@@ -66,6 +66,10 @@ bench-store: build
 bench-iscsi: build
 	benchmarks/bench-iscsi.sh
 
+# A local 3-node cluster: RF3 and RF1 side by side, and re-replication time.
+bench-cluster: build
+	cd benchmarks && python3 bench_cluster.py
+
 bench-nvmf: build vm-cache
 	benchmarks/bench-nvmf.sh
 
@@ -74,7 +78,7 @@ bench-rt: build
 
 # fio's nbd engine against Ferrite's vol0 and against qemu-nbd, same run.
 bench-nbd: build
-	python3 benchmarks/bench_nbd.py
+	cd benchmarks && python3 bench_nbd.py
 
 # The runtime's tests on aarch64 under qemu-user (not part of `make test`:
 # it needs the cross toolchain: gcc-aarch64-linux-gnu libc6-dev-arm64-cross

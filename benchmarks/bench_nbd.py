@@ -13,18 +13,13 @@ in the device's volatile cache) is measured too, for scale. fio runs each
 job for RUNTIME seconds.
 """
 
-import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("BIN", os.path.join(ROOT, "target", "release"))
+from benchlib import ROOT, Procs, cpu_seconds, fio, free_port, peak_rss_mib, rpc, wait_port
+
 RUNTIME = int(os.environ.get("RUNTIME", "10"))
 SIZE = 1 << 30
 JOBS = [
@@ -37,86 +32,11 @@ JOBS = [
 ]
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, secs=30):
-    end = time.time() + secs
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"bench: nothing listens on port {port} after {secs}s")
-
-
-def rpc(sock, method, params=None):
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sock)
-    req = {"jsonrpc": "2.0", "id": 1, "method": method}
-    if params is not None:
-        req["params"] = params
-    s.sendall(json.dumps(req).encode())
-    buf = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise SystemExit(f"bench: {method}: connection closed")
-        buf += chunk
-        try:
-            v = json.loads(buf)
-            break
-        except ValueError:
-            continue
-    if "error" in v:
-        raise SystemExit(f"bench: {method} failed: {v['error']}")
-    return v["result"]
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-
-
-def peak_rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def fio(uri, rw, bs, qd):
-    cmd = ["fio", "--name=b", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
-           f"--iodepth={qd}", f"--size={SIZE}", "--time_based", f"--runtime={RUNTIME}",
-           "--output-format=json", "--randrepeat=0", "--norandommap"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"bench: fio failed on {uri}:\n{out.stdout}\n{out.stderr}")
-    j = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]
-    side = j["write"] if "write" in rw else j["read"]
-    pct = side["clat_ns"].get("percentile", {})
-    return {
-        "iops": side["iops"],
-        "mbps": side["bw_bytes"] / 1e6,
-        "p50_us": pct.get("50.000000", 0) / 1000,
-        "p99_us": pct.get("99.000000", 0) / 1000,
-    }
-
-
 def run_jobs(label, uri, pid):
     res = {}
     for name, rw, bs, qd in JOBS:
         c0 = cpu_seconds(pid)
-        r = fio(uri, rw, bs, qd)
+        r = fio(uri, rw, bs, qd, SIZE, RUNTIME)
         r["cpu_s"] = cpu_seconds(pid) - c0
         res[name] = r
         print(f"  {label:9} {name:18} {r['iops']:10.0f} IOPS {r['mbps']:8.1f} MB/s  p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us  cpu {r['cpu_s']:5.2f} s", flush=True)
@@ -128,30 +48,11 @@ def main():
         if not shutil.which(tool):
             raise SystemExit(f"bench: {tool} is missing (scripts/install-deps.sh installs it)")
     tmp = tempfile.mkdtemp(prefix="ferrite-bench-nbd-", dir=os.environ.get("BENCH_DIR", ROOT))
-    procs = []
-
-    def spawn(name, args):
-        log = open(os.path.join(tmp, name + ".log"), "w")
-        p = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
-        procs.append(p)
-        return p
-
+    procs = Procs(tmp)
     try:
-        cp, pp, mp, nbd, qnbd = free_port(), free_port(), free_port(), free_port(), free_port()
-        spawn("etcd", ["etcd", "--name", "b", "--data-dir", f"{tmp}/etcd",
-                       "--listen-client-urls", f"http://127.0.0.1:{cp}", "--advertise-client-urls", f"http://127.0.0.1:{cp}",
-                       "--listen-peer-urls", f"http://127.0.0.1:{pp}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
-                       "--initial-cluster", f"b=http://127.0.0.1:{pp}"])
-        wait_port(cp)
-        spawn("meta", [f"{BIN}/ferrite-meta", "--etcd", f"http://127.0.0.1:{cp}", "--listen", f"127.0.0.1:{mp}", "--name", "m1"])
-        wait_port(mp)
-        sock = f"{tmp}/rpc.sock"
-        node = spawn("ferrited", [f"{BIN}/ferrited", "--cores", "0-1", "--no-pin", "--poll-mode", "adaptive",
-                                  "--node-id", "bench", "--device", f"{tmp}/ferrite.img", "--device-size", "3G",
-                                  "--meta", f"127.0.0.1:{mp}", "-r", sock, "--nbd", f"127.0.0.1:{nbd}",
-                                  "--metrics", "off", "--replica", f"127.0.0.1:{free_port()}",
-                                  "--iscsi", "off", "--nvmf", "off", "--nvmf-discovery", "off"])
-        wait_port(nbd, 60)
+        etcd = procs.etcd()
+        _, meta = procs.meta(etcd)
+        node, sock, nbd = procs.node("bench", meta)
         rpc(sock, "pool_create", {"name": "bench", "replica_count": 1, "thin": False})
         rpc(sock, "volume_create", {"name": "vol0", "pool": "bench", "size": SIZE})
         rpc(sock, "nbd_export_start", {"volume": "vol0"})
@@ -161,8 +62,8 @@ def main():
             with open(raw, "wb") as f:
                 f.truncate(SIZE)
             port = free_port()
-            p = spawn(f"qemu-nbd-{cache}", ["qemu-nbd", "-f", "raw", "-x", "vol0", "-p", str(port), "-b", "127.0.0.1",
-                                            f"--cache={cache}", "--aio=native", "--discard=unmap", "-e", "4", "-t", raw])
+            p = procs.spawn(f"qemu-nbd-{cache}", ["qemu-nbd", "-f", "raw", "-x", "vol0", "-p", str(port), "-b", "127.0.0.1",
+                                                  f"--cache={cache}", "--aio=native", "--discard=unmap", "-e", "4", "-t", raw])
             wait_port(port)
             return p, f"nbd://127.0.0.1:{port}/vol0"
 
@@ -196,15 +97,7 @@ def main():
         print(f"RESULT qemunbd_peak_rss_mib {qn_rss:.0f} MiB")
         print(f"RESULT ferrite_store_write_amplification {st['write_amplification']:.2f} ratio")
     finally:
-        for p in reversed(procs):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-                p.wait(timeout=20)
-            except Exception:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except Exception:
-                    pass
+        procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
