@@ -242,7 +242,7 @@ pub struct IscsiTarget {
     conns: Mutex<BTreeMap<u64, ConnectionInfo>>,
     /// One `Lun` per volume, shared by every node exporting it, so
     /// reservations and unit attentions are per volume, not per node.
-    luns: Mutex<HashMap<String, Weak<Lun>>>,
+    luns: Arc<Mutex<HashMap<String, Weak<Lun>>>>,
     next_tsih: AtomicU16,
     next_conn: AtomicU64,
     /// Bytes of command data held by all connections (see
@@ -268,7 +268,7 @@ impl IscsiTarget {
             servers: Mutex::new(BTreeMap::new()),
             sessions: Mutex::new(HashMap::new()),
             conns: Mutex::new(BTreeMap::new()),
-            luns: Mutex::new(HashMap::new()),
+            luns: Arc::new(Mutex::new(HashMap::new())),
             next_tsih: AtomicU16::new(1),
             next_conn: AtomicU64::new(1),
             buffered: AtomicUsize::new(0),
@@ -514,6 +514,17 @@ impl IscsiTarget {
                     err: e.to_string(),
                 })?;
         let l = Arc::new(Lun::new(v));
+        // EXTENDED COPY between the target's LUNs: find one by its NAA
+        // designator (code set, association/type, length, then the id).
+        let all = Arc::downgrade(&self.luns);
+        l.set_copy_resolver(Arc::new(move |desig: &[u8]| {
+            let all = all.upgrade()?;
+            let luns = lock(&all);
+            luns.values()
+                .filter_map(Weak::upgrade)
+                .find(|l| desig.len() == 20 && desig[4..] == l.naa()[..])
+                .map(|l| l.volume().clone())
+        }));
         luns.retain(|_, w| w.strong_count() > 0);
         luns.insert(volume.to_string(), Arc::downgrade(&l));
         Ok(l)

@@ -35,6 +35,8 @@ pub mod op {
     pub const MODE_SENSE_10: u8 = 0x5A;
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
+    pub const EXTENDED_COPY: u8 = 0x83;
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     pub const READ_16: u8 = 0x88;
     pub const WRITE_ATOMIC_16: u8 = 0x9C;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
@@ -320,6 +322,27 @@ pub static COMMANDS: &[OpInfo] = &[
         timeout_s: 1,
     },
     OpInfo {
+        op: op::EXTENDED_COPY,
+        sa: Some(0x00),
+        name: "EXTENDED COPY(LID1)",
+        usage: &[0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+        timeout_s: 60,
+    },
+    OpInfo {
+        op: op::RECEIVE_COPY_RESULTS,
+        sa: Some(0x00),
+        name: "RECEIVE COPY RESULTS COPY STATUS",
+        usage: &[0x84, 0x00, FF, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+        timeout_s: 1,
+    },
+    OpInfo {
+        op: op::RECEIVE_COPY_RESULTS,
+        sa: Some(0x03),
+        name: "RECEIVE COPY RESULTS OPERATING PARAMETERS",
+        usage: &[0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+        timeout_s: 1,
+    },
+    OpInfo {
         op: op::READ_16,
         sa: None,
         name: "READ(16)",
@@ -500,6 +523,8 @@ pub fn has_service_action(opcode: u8) -> bool {
             | op::PERSISTENT_RESERVE_OUT
             | op::SERVICE_ACTION_IN_16
             | op::MAINTENANCE_IN
+            | op::EXTENDED_COPY
+            | op::RECEIVE_COPY_RESULTS
     )
 }
 
@@ -584,6 +609,8 @@ pub fn lba_and_len(cdb: &[u8]) -> Option<(u64, u32)> {
         }
         1 | 2 if cdb.len() >= 10 => Some((be32(&cdb[2..6]) as u64, be16(&cdb[7..9]) as u32)),
         5 if cdb.len() >= 12 => Some((be32(&cdb[2..6]) as u64, be32(&cdb[6..10]))),
+        // 16-byte commands that are not block transfers.
+        4 if matches!(op, 0x80..=0x87 | 0x9E | 0x9F) => None,
         4 if cdb.len() >= 16 => {
             if op == op::COMPARE_AND_WRITE {
                 Some((be64(&cdb[2..10]), cdb[13] as u32))

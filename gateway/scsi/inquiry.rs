@@ -112,7 +112,7 @@ pub fn standard(ident: &Ident) -> Vec<u8> {
     b[2] = 0x06; // SPC-4
     b[3] = 0x12; // HISUP, response data format 2
     b[4] = (b.len() - 5) as u8;
-    b[5] = 0x10; // TPGS = 01b: implicit ALUA
+    b[5] = 0x10 | 0x08; // TPGS = 01b: implicit ALUA; 3PC: EXTENDED COPY
     b[6] = 0x00;
     b[7] = 0x02; // CMDQUE
     b[8..16].copy_from_slice(&pad_ascii(&ident.vendor, 8));
@@ -137,7 +137,7 @@ pub fn not_present() -> Vec<u8> {
 }
 
 /// The VPD pages this logical unit has, in ascending order.
-pub const SUPPORTED_VPD: &[u8] = &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
+pub const SUPPORTED_VPD: &[u8] = &[0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2];
 
 fn page(code: u8, body: Vec<u8>) -> Vec<u8> {
     let mut b = Vec::with_capacity(body.len() + 4);
@@ -166,6 +166,7 @@ pub fn vpd(
             page(0xB1, body)
         }
         0xB2 => page(0xB2, logical_block_provisioning(info)),
+        0x8F => page(0x8F, super::xcopy::vpd_body()),
         _ => return Err(Sense::invalid_cdb_field(2, None)),
     })
 }

@@ -12,10 +12,11 @@ use super::pr::{Access, PrError, PrState, UaTarget};
 use super::report::{self, PortGroup};
 use super::sense::{key, Asc, Sense};
 use super::ua::UaTable;
+use super::xcopy;
 use super::{Nexus, ScsiResult, Status};
 use ferrite_engine::volume::{AccessState, BlockVolume, IoError, VolumeInfo};
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Why a command did not complete with GOOD.
 enum Fail {
@@ -75,6 +76,8 @@ struct State {
     /// and ASYMMETRIC ACCESS STATE CHANGED when the volume moves on.
     last_size: u64,
     last_access: AccessState,
+    /// EXTENDED COPY results held for RECEIVE COPY RESULTS.
+    held: xcopy::Held,
 }
 
 /// One logical unit of a target.
@@ -83,6 +86,8 @@ pub struct Lun {
     ident: Ident,
     limits: Limits,
     state: Mutex<State>,
+    /// Finds other LUNs for EXTENDED COPY (set by the transport).
+    copy_resolver: RwLock<Option<xcopy::CopyResolver>>,
 }
 
 /// Largest piece of a WRITE SAME or VERIFY done in one volume call.
@@ -102,7 +107,9 @@ impl Lun {
                 ports: BTreeSet::new(),
                 last_size: info.size,
                 last_access: access,
+                held: xcopy::Held::default(),
             }),
+            copy_resolver: RwLock::new(None),
             volume,
         }
     }
@@ -113,6 +120,19 @@ impl Lun {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The NAA designator initiators know this unit by (VPD 0x83).
+    pub fn naa(&self) -> &[u8; 16] {
+        &self.ident.naa
+    }
+
+    /// Lets EXTENDED COPY reach other logical units of the target.
+    pub fn set_copy_resolver(&self, r: xcopy::CopyResolver) {
+        *self
+            .copy_resolver
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(r);
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -140,6 +160,7 @@ impl Lun {
         let k = nexus.key();
         st.pr.nexus_lost(&k);
         st.ua.detach(&k);
+        st.held.forget(&k);
     }
 
     /// A reset through task management: SPC-2 reservations are released
@@ -287,6 +308,31 @@ impl Lun {
             op::UNMAP => self.unmap(cdb, data_out, vi),
             op::COMPARE_AND_WRITE => self.compare_and_write(cdb, data_out, vi),
             op::ORWRITE_16 => self.orwrite(cdb, data_out, vi),
+            op::EXTENDED_COPY => {
+                self.write_protected()?;
+                let me = xcopy::Me {
+                    volume: &self.volume,
+                    naa: &self.ident.naa,
+                    resolver: self
+                        .copy_resolver
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone(),
+                };
+                let (r, hold) = xcopy::extended_copy(&me, cdb, data_out);
+                if let Some((id, st)) = hold {
+                    self.state().held.put(&nexus.key(), id, st);
+                }
+                r?;
+                Ok(Done {
+                    data_out_wanted: cdb::be32(&cdb[10..14]) as usize,
+                    ..Done::default()
+                })
+            }
+            op::RECEIVE_COPY_RESULTS => {
+                let held = self.state().held.get(&nexus.key(), cdb[2]);
+                Ok(Done::data(xcopy::receive_copy_results(cdb, held)?))
+            }
             op::WRITE_ATOMIC_16 => self.write_atomic(cdb, data_out, vi),
             op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
                 let req = mode::SenseRequest::parse(cdb);
@@ -820,6 +866,7 @@ fn access_class(opcode: u8, cdb: &[u8]) -> Access {
         | op::COMPARE_AND_WRITE
         | op::ORWRITE_16
         | op::WRITE_ATOMIC_16
+        | op::EXTENDED_COPY
         | op::SYNC_CACHE_10
         | op::SYNC_CACHE_16
         | op::MODE_SELECT_6
@@ -889,6 +936,7 @@ pub fn expected_data_out(cdb: &[u8], block_size: u32) -> usize {
         op::UNMAP | op::MODE_SELECT_10 if cdb.len() >= 9 => cdb::be16(&cdb[7..9]) as usize,
         op::MODE_SELECT_6 if cdb.len() >= 5 => cdb[4] as usize,
         op::PERSISTENT_RESERVE_OUT if cdb.len() >= 9 => cdb::be32(&cdb[5..9]) as usize,
+        op::EXTENDED_COPY if cdb.len() >= 14 => cdb::be32(&cdb[10..14]) as usize,
         _ => 0,
     }
 }

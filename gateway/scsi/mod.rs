@@ -20,6 +20,7 @@ pub mod pr;
 pub mod report;
 pub mod sense;
 mod ua;
+pub mod xcopy;
 
 pub use lun::Lun;
 pub use sense::{Asc, Sense};

@@ -128,6 +128,17 @@ impl Sense {
         Self::new(key::ILLEGAL_REQUEST, asc)
     }
 
+    /// Points the sense-key specific field at byte `byte` of the parameter
+    /// list.
+    pub fn at_param(mut self, byte: usize) -> Self {
+        self.field = Some(FieldPointer {
+            in_cdb: false,
+            byte: byte.min(u16::MAX as usize) as u16,
+            bit: None,
+        });
+        self
+    }
+
     pub fn with_info(mut self, info: u64) -> Self {
         self.info = Some(info);
         self

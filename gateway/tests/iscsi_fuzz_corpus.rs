@@ -89,6 +89,11 @@ fn malformed_cdbs_do_not_panic() {
         vec![0x00, 0x15, 0x10, 0, 0, 0x10, 0, 0, 0, 0, 0, 0x0A, 0xFF], // MODE SELECT garbage
         vec![0x06, 0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], // WRITE SAME(16) UNMAP to the end
     ];
+    // EXTENDED COPY with a parameter list that lies about its lengths.
+    let mut xc = vec![0x06, 0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 40, 0, 0];
+    xc.extend_from_slice(&[1, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0x7F, 0xFE, 0, 0, 0, 0]);
+    xc.extend_from_slice(&[0xE4; 24]);
+    corpus.push(xc);
     // A PR dance between the two nexuses.
     let mut pr = Vec::new();
     for (sel, sa, key, sark) in [
