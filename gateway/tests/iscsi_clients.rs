@@ -177,6 +177,33 @@ fn spdk_rpc_client_configures_the_target() {
         "32",
     ]);
     assert!(!ok && out.contains("nosuchvol"), "{out}");
+    // A portal group created over RPC listens at once (port 0: any free
+    // one, reported back), a duplicate tag is refused, deletion closes it.
+    let (ok, out) = rpc(&["iscsi_create_portal_group", "5", "127.0.0.1:0"]);
+    assert!(ok, "{out}");
+    let (ok, out) = rpc(&["iscsi_get_portal_groups"]);
+    assert!(ok, "{out}");
+    let groups: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let port = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["tag"] == 5)
+        .map(|g| g["portals"][0]["port"].as_str().unwrap().to_string())
+        .expect("group 5");
+    let addr = format!("127.0.0.1:{port}");
+    assert!(
+        port != "0" && std::net::TcpStream::connect(&addr).is_ok(),
+        "portal group 5 listens on {addr}"
+    );
+    let (ok, out) = rpc(&["iscsi_create_portal_group", "5", "127.0.0.1:0"]);
+    assert!(!ok && out.contains("already exists"), "{out}");
+    let (ok, out) = rpc(&["iscsi_delete_portal_group", "5"]);
+    assert!(ok, "{out}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "portal group 5 stopped listening"
+    );
     let (ok, out) = rpc(&[
         "iscsi_delete_target_node",
         "iqn.2026-11.io.ferrite:two-luns",
