@@ -23,6 +23,9 @@
 
 pub mod dma;
 pub mod malloc;
+pub mod nvme;
+#[cfg(feature = "spdk")]
+pub mod spdk;
 pub mod uring;
 
 pub use dma::DmaBuf;
@@ -43,6 +46,11 @@ pub enum Backend {
     Uring,
     /// A RAM device from the [`malloc`] registry (path = its name).
     Malloc,
+    /// The user-space NVMe driver over VFIO: path = `nvme://PCI-ADDRESS/NSID`
+    /// (see [`nvme`]).
+    Nvme,
+    /// An SPDK bdev by name (feature `spdk`; see `spdk`).
+    Spdk,
 }
 
 /// One request of a batch. Buffers travel with the request and come back
@@ -301,7 +309,23 @@ pub(crate) fn check_op(info: &DeviceInfo, op: &IoOp) -> io::Result<()> {
 /// Opens a device with the given backend: a path for `uring`, a registry
 /// name for `malloc`.
 pub fn open(path: &Path, backend: Backend) -> io::Result<Arc<dyn BlockDevice>> {
+    // An `nvme://` name is never a file: whatever backend was asked for.
+    let nvme_name = path.to_str().filter(|p| p.starts_with("nvme://"));
+    if let Some(name) = nvme_name {
+        return Ok(nvme::open(name)?);
+    }
     match backend {
+        Backend::Nvme => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: an NVMe device is named nvme://PCI-ADDRESS/NAMESPACE", path.display()),
+        )),
+        #[cfg(feature = "spdk")]
+        Backend::Spdk => Ok(spdk::open(&path.to_string_lossy())?),
+        #[cfg(not(feature = "spdk"))]
+        Backend::Spdk => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{}: this build has no SPDK backend (build with --features spdk and SPDK_PATH)", path.display()),
+        )),
         Backend::Uring => Ok(Arc::new(uring::UringDevice::open(path)?)),
         Backend::Malloc => {
             let name = path.to_string_lossy();

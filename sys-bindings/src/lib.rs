@@ -12,6 +12,7 @@ pub mod devmem;
 pub mod dma;
 pub mod epoll;
 pub mod eventfd;
+pub mod exit;
 pub mod guarded;
 pub mod mmio;
 pub mod net;
