@@ -304,22 +304,35 @@ impl NvmeDevice {
                 c.dw[12] = (plan.nlb - 1) | if plan.fua { 1 << 30 } else { 0 };
                 let sgl = self.ctrl.ident.supports_sgl();
                 let mut pieces = Vec::new();
-                let direct = !plan.zero_data
-                    && self.ctrl.arena.as_ref().is_some_and(|a| {
+                let direct = if plan.zero_data {
+                    None
+                } else {
+                    self.ctrl.arena.as_ref().and_then(|a| {
                         let bufs = buffers(op);
                         let mut ok = true;
                         walk(op, plan.data_off, plan.data_len, |i, o, n, _| {
                             ok &= a.pieces(bufs[i].0 + o, n, &mut pieces);
                         });
-                        ok
+                        if ok {
+                            prp::set_data_pointer(&mut c, &pieces, list, sgl)
+                        } else {
+                            None
+                        }
                     })
-                    && prp::set_data_pointer(&mut c, &pieces, list, sgl);
+                };
+                if let Some(kind) = direct {
+                    self.ctrl.count_dptr(kind);
+                }
+                let direct = direct.is_some();
                 if !direct {
                     let b = self.ctrl.alloc_bounce(plan.data_len)?;
                     if plan.opcode == nvm::WRITE && !plan.zero_data {
                         copy_in(op, plan.data_off, plan.data_len, &b);
                     }
-                    if !prp::set_data_pointer(&mut c, &[(b.iova, plan.data_len)], list, sgl) {
+                    self.ctrl.count_dptr_bounce();
+                    if prp::set_data_pointer(&mut c, &[(b.iova, plan.data_len)], list, sgl)
+                        .is_none()
+                    {
                         self.ctrl.free_bounce(b);
                         return Err(io::Error::other(format!(
                             "{}: no data pointer for a {} byte bounce buffer",

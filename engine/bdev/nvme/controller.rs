@@ -137,6 +137,8 @@ pub struct Controller {
     kick_fds: Mutex<Vec<Arc<EventFd>>>,
     reset_lock: Mutex<()>,
     pub(super) resets: AtomicU64,
+    /// Commands by data pointer: PRP entries only, PRP list, SGL, bounced.
+    dptr: [AtomicU64; 4],
     pub(super) timeouts: AtomicU64,
     pub(super) shared: Mutex<Option<super::bdev::SharedQueue>>,
     device: Device,
@@ -330,6 +332,7 @@ impl Controller {
             kick_fds: Mutex::new(Vec::new()),
             reset_lock: Mutex::new(()),
             resets: AtomicU64::new(0),
+            dptr: Default::default(),
             timeouts: AtomicU64::new(0),
             shared: Mutex::new(None),
             device,
@@ -412,6 +415,31 @@ impl Controller {
     /// Controller resets so far (after timeouts or fatal status).
     pub fn reset_count(&self) -> u64 {
         self.resets.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn count_dptr(&self, k: super::prp::Dptr) {
+        let i = match k {
+            super::prp::Dptr::Prp => 0,
+            super::prp::Dptr::PrpList => 1,
+            super::prp::Dptr::Sgl => 2,
+        };
+        self.dptr[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn count_dptr_bounce(&self) {
+        self.dptr[3].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Data commands so far by how their data was described:
+    /// `(PRP entries only, PRP list, SGL, bounced)`.
+    pub fn data_pointer_counts(&self) -> (u64, u64, u64, u64) {
+        let l = |i: usize| self.dptr[i].load(Ordering::Relaxed);
+        (l(0), l(1), l(2), l(3))
+    }
+
+    /// Timeouts so far.
+    pub fn timeout_count(&self) -> u64 {
+        self.timeouts.load(Ordering::Relaxed)
     }
 
     /// The IOMMU model in use.

@@ -39,17 +39,28 @@ fn prp_pages(pieces: &[(u64, usize)]) -> Vec<u64> {
     pages
 }
 
+/// How a command's data was described.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dptr {
+    /// PRP1 (and PRP2 as a second entry).
+    Prp,
+    /// PRP1 and a PRP list in the command's list page.
+    PrpList,
+    /// An SGL.
+    Sgl,
+}
+
 /// Fills the command's data pointer for `pieces`, using `list` (the
-/// command's own page) for a PRP list or an SGL segment. Returns false when
-/// the pieces cannot be described (the caller bounces the data).
+/// command's own page) for a PRP list or an SGL segment. Returns `None`
+/// when the pieces cannot be described (the caller bounces the data).
 pub fn set_data_pointer(
     cmd: &mut Command,
     pieces: &[(u64, usize)],
     list: &DmaSlice,
     sgl_supported: bool,
-) -> bool {
+) -> Option<Dptr> {
     if pieces.is_empty() {
-        return false;
+        return None;
     }
     if prp_compatible(pieces) {
         let pages = prp_pages(pieces);
@@ -61,24 +72,25 @@ pub fn set_data_pointer(
                     list.mem.write64(list.off + i * 8, *p);
                 }
                 cmd.set_prp(pages[0], list.iova);
+                return Some(Dptr::PrpList);
             }
-            _ => return false,
+            _ => return None,
         }
-        return true;
+        return Some(Dptr::Prp);
     }
     if !sgl_supported || pieces.len() > SGL_ENTRIES {
-        return false;
+        return None;
     }
     if pieces.len() == 1 {
         cmd.set_sgl(sgl_data_block(pieces[0].0, pieces[0].1 as u32));
-        return true;
+        return Some(Dptr::Sgl);
     }
     for (i, &(iova, len)) in pieces.iter().enumerate() {
         list.mem
             .write_words(list.off + i * 16, &sgl_data_block(iova, len as u32));
     }
     cmd.set_sgl(sgl_last_segment(list.iova, pieces.len() as u32));
-    true
+    Some(Dptr::Sgl)
 }
 
 #[cfg(test)]
