@@ -86,6 +86,12 @@ struct Args {
     /// Host name or address other nodes and initiators use to reach this node.
     #[arg(long, default_value = "127.0.0.1")]
     advertise: String,
+    /// The address NVMe/TCP discovery log entries (and `volume_export`)
+    /// give for this node's NVMe/TCP listeners, when hosts reach them at
+    /// another address than the one bound (NAT, a VM's forwards). Default:
+    /// each listener's own address.
+    #[arg(long)]
+    nvmf_advertise: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -155,6 +161,7 @@ fn run(args: Args) -> Result<(), String> {
         replica: args.replica,
         io_timeout: Duration::from_secs(args.io_timeout_secs),
         advertise_host: args.advertise.clone(),
+        nvmf_advertise: args.nvmf_advertise.clone(),
     };
 
     // Before any thread exists, so that every thread inherits the mask.

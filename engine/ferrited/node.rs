@@ -18,7 +18,7 @@ use ferrite_engine::volume::client::VolumeClient;
 use ferrite_engine::volume::VolumeProvider;
 use ferrite_gateway::iscsi::{IscsiTarget, Portal, TargetOptions as IscsiOptions};
 use ferrite_gateway::nbd::NbdServer;
-use ferrite_gateway::nvmf::{ExportOpts, ListenAddress, NvmfTarget, TransportOpts};
+use ferrite_gateway::nvmf::{ExportOpts, ListenAddress, NvmfTarget, TargetConfig, TransportOpts};
 use ferrite_meta::client::NodeKeeper;
 use ferrite_meta::proto;
 use serde_json::{json, Value};
@@ -48,6 +48,9 @@ pub struct NodeConfig {
     pub io_timeout: Duration,
     /// The address other nodes and initiators reach this node's front ends at.
     pub advertise_host: String,
+    /// What NVMe/TCP discovery entries say instead of a listener's bound
+    /// address (`--nvmf-advertise`).
+    pub nvmf_advertise: Option<String>,
 }
 
 /// A running node.
@@ -150,7 +153,14 @@ impl Node {
             log::info!("iSCSI portal group 1 on {a}");
         }
         // NVMe/TCP: the TCP transport and the discovery controller.
-        let nvmf = NvmfTarget::new(handle.clone(), volumes.clone());
+        let nvmf = NvmfTarget::with_config(
+            handle.clone(),
+            volumes.clone(),
+            TargetConfig {
+                advertise_traddr: cfg.nvmf_advertise.clone(),
+                ..TargetConfig::default()
+            },
+        );
         ferrite_gateway::nvmf::register_rpc(&registry, nvmf.clone());
         nvmf.create_transport(TransportOpts::default())
             .map_err(|e| format!("NVMe/TCP transport: {e}"))?;
@@ -402,7 +412,10 @@ fn register_volume_export(
         nvmf: Option<bool>,
     }
     let (nbd_on, iscsi_on, nvmf_addr) = (cfg.nbd.is_some(), cfg.iscsi.is_some(), cfg.nvmf);
-    let advertise = cfg.advertise_host.clone();
+    let advertise = cfg
+        .nvmf_advertise
+        .clone()
+        .unwrap_or_else(|| cfg.advertise_host.clone());
     // 15 disjoint ranges of 4096 ids, picked by node id.
     let slot = fnv1a(cfg.node_id.as_bytes()) % 15;
     let cntlid = (1 + slot as u16 * 0x1000, slot as u16 * 0x1000 + 0x0fff);
