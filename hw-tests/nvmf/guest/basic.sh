@@ -1,14 +1,17 @@
 #!/bin/sh
-# The kernel's NVMe/TCP initiator against a Ferrite target the host
+# The kernel's NVMe/TCP initiator against a Ferrite node the host
 # forwards to 10.0.2.100:4420 (subsystems) and :8009 (discovery):
 # discover, connect, fio verify (io_uring, 4k and 128k randrw, crc32c),
 # disconnect; again with header and data digests and with SQ flow control
 # disabled (C2H SUCCESS); connect-all through discovery; a namespace resize
-# the host sees; a host NQN not on the allowed list refused.
-# Env: NQN, NEW_SIZE (bytes, for the resize), FIO_SIZE_4K, FIO_SIZE_128K.
+# the host sees; a host NQN not on a subsystem's allowed list refused.
+# Env: NQN (exported to any host), RNQN (allows this guest's host NQN
+# only; default: NQN), NEW_SIZE (bytes, for the resize), FIO_SIZE_4K,
+# FIO_SIZE_128K.
 set -u
 . /vm/common.sh
 nqn=${NQN:?}
+rnqn=${RNQN:-$nqn}
 modprobe nvme_tcp || fail "modprobe nvme_tcp"
 
 # nvme-cli's admin commands and the NVM commands fio does not send.
@@ -30,8 +33,10 @@ admin_and_nvm_checks() {
     # another (Dataset Management): both must read as zeroes.
     dd if=/dev/urandom of=/tmp/pat bs=4096 count=8 2>/dev/null
     dd if=/tmp/pat of="$_dev" bs=4096 count=8 oflag=direct 2>/dev/null || fail "pattern write"
-    nvme write-zeroes "$_dev" -n 1 -s 0 -c 7 >/dev/null || fail "nvme write-zeroes"
-    nvme dsm "$_dev" -n 1 -d -s 8 -b 8 >/dev/null || fail "nvme dsm deallocate"
+    # 4 KiB each, in logical blocks of this namespace (512 or 4096 bytes).
+    _lb=$(( 4096 / $(cat /sys/block/"${_dev##*/}"/queue/logical_block_size) ))
+    nvme write-zeroes "$_dev" -n 1 -s 0 -c $((_lb - 1)) >/dev/null || fail "nvme write-zeroes"
+    nvme dsm "$_dev" -n 1 -d -s "$_lb" -b "$_lb" >/dev/null || fail "nvme dsm deallocate"
     nvme flush "$_dev" -n 1 >/dev/null || fail "nvme flush"
     dd if="$_dev" of=/tmp/back bs=4096 count=8 iflag=direct 2>/dev/null
     dd if=/dev/zero of=/tmp/z bs=4096 count=2 2>/dev/null
@@ -51,8 +56,18 @@ log "discovery on 8009"
 nvme discover -t tcp -a "$VM_HOST" -s 8009 >/tmp/disc.txt 2>&1 || { cat /tmp/disc.txt; fail "nvme discover"; }
 cat /tmp/disc.txt
 grep -q "subnqn:  *$nqn" /tmp/disc.txt || fail "discovery log lacks $nqn"
+grep -q "subnqn:  *$rnqn" /tmp/disc.txt || fail "discovery log lacks $rnqn (this host is on its list)"
 grep -q "traddr:  *10.0.2.100" /tmp/disc.txt || fail "discovery log does not advertise 10.0.2.100"
-nvme discover -t tcp -a "$VM_HOST" -s 4420 >/dev/null 2>&1 || fail "discovery on the subsystem port"
+grep -q "traddr:  *127.0.0.1" /tmp/disc.txt && fail "discovery log advertises the host's loopback"
+nvme discover -t tcp -a "$VM_HOST" -s 4420 >/tmp/disc2.txt 2>&1 || { cat /tmp/disc2.txt; fail "discovery on the subsystem port"; }
+grep -q "subnqn:  *$nqn" /tmp/disc2.txt || fail "discovery on the subsystem port lacks $nqn"
+if [ "$rnqn" != "$nqn" ]; then
+    nvme discover -t tcp -a "$VM_HOST" -s 8009 --hostnqn=nqn.2014-08.org.example:not-allowed >/tmp/disc3.txt 2>&1 ||
+        { cat /tmp/disc3.txt; fail "discovery as another host"; }
+    grep -q "subnqn:  *$rnqn" /tmp/disc3.txt && fail "discovery showed $rnqn to a host not on its list"
+    grep -q "subnqn:  *$nqn" /tmp/disc3.txt || fail "discovery as another host lacks $nqn"
+    log "discovery as a host not on $rnqn's list: only $nqn listed"
+fi
 mark discovery-ok
 
 for mode in plain digests sqflow; do
@@ -81,10 +96,21 @@ for mode in plain digests sqflow; do
     mark "$mode-ok"
 done
 
-log "connect-all through discovery (advertised 10.0.2.100:4420)"
+log "connect-all through discovery (entries advertise 10.0.2.100)"
 nvme connect-all -t tcp -a "$VM_HOST" -s 8009 || fail "nvme connect-all"
 wait_for 20 nvme_dev_for "$nqn" || fail "connect-all: no namespace"
 dev=$(nvme_dev_for "$nqn")
+if [ "$rnqn" != "$nqn" ]; then
+    # The allowed host got in through discovery too.
+    wait_for 20 nvme_dev_for "$rnqn" || fail "connect-all: no namespace of $rnqn (this host is allowed)"
+    rdev=$(nvme_dev_for "$rnqn")
+    dd if=/dev/urandom of=/tmp/rpat bs=4096 count=4 2>/dev/null
+    dd if=/tmp/rpat of="$rdev" bs=4096 count=4 oflag=direct 2>/dev/null || fail "write to $rnqn"
+    dd if="$rdev" of=/tmp/rback bs=4096 count=4 iflag=direct 2>/dev/null || fail "read from $rnqn"
+    cmp /tmp/rpat /tmp/rback || fail "$rnqn read back other data"
+    log "allowed host: $rnqn connected through discovery as $rdev ($(blocks "$rdev") sectors), data read back"
+    nvme disconnect -n "$rnqn" >/dev/null || fail "disconnect $rnqn"
+fi
 before=$(blocks "$dev")
 log "resize: $dev has $before sectors; asking the host to grow the volume"
 mark resize-request
@@ -97,10 +123,12 @@ mark resize-ok
 nvme disconnect -n "$nqn" || fail "disconnect after connect-all"
 
 log "a host NQN that is not allowed"
-if nvme connect -t tcp -a "$VM_HOST" -s 4420 -n "$nqn" --hostnqn=nqn.2014-08.org.example:not-allowed 2>/tmp/deny.txt; then
-    fail "a host not on the list connected"
+if nvme connect -t tcp -a "$VM_HOST" -s 4420 -n "$rnqn" --hostnqn=nqn.2014-08.org.example:not-allowed 2>/tmp/deny.txt; then
+    fail "a host not on the list of $rnqn connected"
 fi
 cat /tmp/deny.txt
 dmesg | grep -i 'not allowed' | tail -1 | grep -q . || fail "no 'not allowed' in the kernel log"
+no_dev_for "$rnqn" || fail "a namespace of $rnqn appeared for the refused host"
+log "host nqn.2014-08.org.example:not-allowed refused by $rnqn"
 mark wrong-nqn-ok
 echo "NVMF BASIC OK"
