@@ -357,9 +357,17 @@ fn timeout_case(bdf: &str) -> R {
         };
         ctrl.set_pci_command(v).map_err(|e| e.to_string())
     };
-    let runtime = Runtime::new(Config::for_tests(2)).map_err(|e| e.to_string())?;
-    let d = dev.clone();
+    let runtime = Runtime::new(Config::for_tests(3)).map_err(|e| e.to_string())?;
     write_read(&*dev, 0, 4096, 1)?;
+    // Both reactors' queues exist before the controller goes mute.
+    for r in 0..2u64 {
+        let d = dev.clone();
+        runtime
+            .spawn_on(r as usize, move || write_read(&*d, 4096 * (r + 1), 4096, 1))
+            .join()
+            .map_err(|e| e.to_string())??;
+    }
+    let d = dev.clone();
     mute(true)?;
     let t = Instant::now();
     let r = runtime.block_on(move || d.read(0, DmaBuf::new(4096)).1);
@@ -391,7 +399,9 @@ fn timeout_case(bdf: &str) -> R {
         .join()
         .map_err(|e| e.to_string())??;
     check("the other reactor's queue works after the reset");
-    // The same on the shared queue of plain threads.
+    // The same on the shared queue of plain threads (re-created after the
+    // reset by this first I/O).
+    write_read(&*dev, 5 << 20, 4096, 6)?;
     mute(true)?;
     let t = Instant::now();
     let (_, r) = dev.read(4096, DmaBuf::new(4096));
@@ -403,6 +413,20 @@ fn timeout_case(bdf: &str) -> R {
     ensure!(ctrl.reset_count() >= 2, "no second reset");
     write_read(&*dev, 2 << 20, 4096, 4)?;
     check("shared queue: timeout, reset, then I/O works");
+    // A queue created while the controller is in fatal status (reactor 2
+    // had none yet): the failed Create I/O CQ leads to a reset, then works.
+    mute(true)?;
+    let before = ctrl.reset_count();
+    let d = dev.clone();
+    runtime
+        .spawn_on(2, move || write_read(&*d, 3 << 20, 4096, 5))
+        .join()
+        .map_err(|e| e.to_string())??;
+    ensure!(
+        ctrl.reset_count() > before,
+        "no reset for a fatal status at queue creation"
+    );
+    check("queue creation on a controller in fatal status: reset, then the I/O works");
     // A controller given up on: every request fails at once, clearly.
     ctrl.mark_dead("test: given up on purpose");
     let d = dev.clone();

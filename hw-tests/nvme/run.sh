@@ -42,6 +42,6 @@ fi
 "$VM_DIR/vm-run.sh" --nvme "$work/nvme0.img" --nvme "$work/nvme1.img" "${opts[@]}" \
     -m "${VM_MEM:-2048}" -t "${VM_TIMEOUT:-900}" \
     -a "$BIN:/vm/files/nvme-guest" -a "$repo/scripts/setup.sh:/vm/setup.sh" \
-    -e "MODEL_ARGS=${MODEL_ARGS:-1 300}" -e "BENCH_SECS=${BENCH_SECS:-5}" \
+    -e "MODEL_ARGS=${MODEL_ARGS:-1 700}" -e "BENCH_SECS=${BENCH_SECS:-5}" \
     -e "BENCH_MODES=${BENCH_MODES:-adaptive busy}" -e "RUST_LOG=${RUST_LOG:-info}" \
     "$here/guest/run.sh" "${cases[@]}"

@@ -571,6 +571,7 @@ impl ReactorQueue {
     /// Makes sure the queue exists on the device in the current epoch
     /// (creating it, or again after a reset). Parks.
     fn ready(&self) -> io::Result<()> {
+        let mut resets = 0;
         loop {
             match self.ctrl.state() {
                 State::Dead | State::ShutDown => {
@@ -615,7 +616,11 @@ impl ReactorQueue {
                 Err(_) if self.ctrl.epoch() != e || self.ctrl.state() == State::Resetting => {
                     continue
                 }
-                Err(err) => return Err(err),
+                Err(err) => {
+                    if !fatal_reset(&self.ctrl, &mut resets, &err) {
+                        return Err(err);
+                    }
+                }
             }
         }
     }
@@ -757,6 +762,17 @@ impl ReactorQueue {
             _ => {}
         }
     }
+}
+
+/// An admin command failed while the controller reports fatal status:
+/// reset it (once per caller) and say whether to try again.
+fn fatal_reset(ctrl: &Controller, resets: &mut u32, err: &io::Error) -> bool {
+    let csts = ctrl.csts();
+    if *resets > 0 || (csts != u32::MAX && csts & regs::CSTS_CFS == 0) {
+        return false;
+    }
+    *resets += 1;
+    ctrl.reset(&format!("fatal status: {err}")).is_ok()
 }
 
 fn abort_grace(ctrl: &Controller) -> Duration {
@@ -1069,6 +1085,7 @@ impl NvmeDevice {
     fn shared_ready(&self, guard: &mut Option<SharedQueue>) -> io::Result<()> {
         let ctrl = &self.ctrl;
         let mut spins = 0;
+        let mut resets = 0;
         loop {
             if let Some(e) = ctrl.unusable() {
                 return Err(e);
@@ -1111,7 +1128,11 @@ impl NvmeDevice {
                 }
                 Ok(()) => continue,
                 Err(_) if ctrl.epoch() != e || ctrl.state() == State::Resetting => continue,
-                Err(err) => return Err(err),
+                Err(err) => {
+                    if !fatal_reset(ctrl, &mut resets, &err) {
+                        return Err(err);
+                    }
+                }
             }
         }
     }
