@@ -1,53 +1,58 @@
 #!/usr/bin/env bash
-# bench-nvmf: fio inside the VM of ../shared/vm against Ferrite's NVMe/TCP
-# export of a volume and, in the same run and the same guest, against an
-# iSCSI export of the same volume (Ferrite's iSCSI target in the same
-# process, same MemVolume): 4k random read and write at QD1 and QD32, 128k
-# sequential read and write at QD8. Jobs alternate between the protocols so
-# that drift of the host's load hits both alike.
+# bench-nvmf: fio inside the VM of hw-tests/vm against Ferrite's NVMe/TCP
+# export of a volume and, in the same run and the same guest, against the
+# iSCSI export of the same volume: one real node (etcd + ferrite-meta +
+# ferrited on the host's loopback), a volume in an RF 1 pool exported by
+# `volume_export` (NVMe/TCP subsystem nqn.2026-11.io.ferrite:vol0 and
+# iSCSI target iqn.2026-11.io.ferrite:vol0 LUN 0 of the same ferrited).
+# 4k random read and write at QD1 and QD32, 128k sequential read and
+# write at QD8. Jobs alternate between the protocols so that drift of the
+# host's load hits both alike.
 #
 #   benchmarks/bench-nvmf.sh            RUNTIME=8 SIZE=64M (defaults)
 #
-# Prints a table, then `RESULT <name> <value> <unit>` lines: IOPS, p50 and
-# p99 completion latency (µs) per protocol and job, and NVMe/iSCSI ratios.
-# Without KVM the guest is emulated (TCG): the figures compare the two
-# protocols on this machine; they are not a measure of either target.
+# Binaries from FERRITE_BIN_DIR (default target/release); VM_CACHE as for
+# hw-tests/vm/vm-run.sh. Prints a table, then `RESULT <name> <value> <unit>`
+# lines: IOPS, p50 and p99 completion latency (µs) per protocol and job,
+# and NVMe/iSCSI ratios. Without KVM the guest is emulated (TCG): the
+# figures compare the two protocols on this machine; they are not a
+# measure of either target.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
-TESTD=${FERRITE_NVMF_TESTD:-$repo/target/release/ferrite-nvmf-testd}
-VM_DIR=${VM_DIR:-$(cd "$repo/.." && pwd)/shared/vm}
+VM_DIR=${VM_DIR:-$repo/hw-tests/vm}
 export VM_CACHE=${VM_CACHE:-$repo/.vm-cache}
 RUNTIME=${RUNTIME:-8}
 SIZE=${SIZE:-64M}
 die() { printf 'bench-nvmf: error: %s\n' "$*" >&2; exit 2; }
-[ -x "$TESTD" ] || die "no target binary at $TESTD (cargo build --release --bins, or set FERRITE_NVMF_TESTD)"
+say() { printf 'bench-nvmf: %s\n' "$*" >&2; }
+# shellcheck source=hw-tests/nvmf/cluster.sh
+. "$repo/hw-tests/nvmf/cluster.sh"
+fc_check_bins
 [ -x "$VM_DIR/vm-run.sh" ] || die "no VM harness at $VM_DIR"
-[ -f "$VM_CACHE/vmlinux" ] || [ -f "$VM_CACHE/vmlinuz" ] || die "no VM cache at $VM_CACHE (run $VM_DIR/vm-prepare.sh)"
+[ -f "$VM_CACHE/vmlinux" ] || [ -f "$VM_CACHE/vmlinuz" ] || die "no VM cache at $VM_CACHE (make vm-cache)"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/bench-nvmf.XXXXXX")
-tpid=
+pids=()
 # shellcheck disable=SC2317 # called through the EXIT trap
 cleanup() {
-    [ -z "$tpid" ] || { kill "$tpid" 2>/dev/null || true; wait "$tpid" 2>/dev/null || true; }
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-RUST_LOG=${RUST_LOG:-warn} "$TESTD" --mem vol0:256M --export --listen 127.0.0.1:0 --iscsi-portal 127.0.0.1:0 \
-    >"$work/testd.out" 2>"$work/testd.log" &
-tpid=$!
-for _ in $(seq 300); do
-    grep -q '^READY' "$work/testd.out" 2>/dev/null && break
-    kill -0 "$tpid" 2>/dev/null || { cat "$work/testd.log" >&2; die "the target exited"; }
-    sleep 0.1
-done
-ready=$(grep '^READY' "$work/testd.out") || die "the target did not get ready"
-port_of() { tr ' ' '\n' <<<"$ready" | sed -n "s/^$1=.*:\([0-9]*\)$/\1/p" | head -1; }
-nvme_port=$(port_of listen)
-iscsi_port=$(port_of iscsi)
+RUST_LOG=${RUST_LOG:-warn}
+fc_start_meta
+fc_start_node node1
+fc_rpc node1 pool_create '{"name": "rf1", "replica_count": 1}' >/dev/null
+fc_rpc node1 volume_create '{"name": "vol0", "pool": "rf1", "size": 268435456}' >/dev/null
+fc_rpc node1 volume_export '{"name": "vol0", "nbd": false}' >/dev/null
+nvme_port=${node_nvmf[node1]}
+iscsi_port=${node_iscsi[node1]}
 
 mkdir -p "$work/out"
 cat >"$work/guest.sh" <<'GUEST'
@@ -98,7 +103,7 @@ echo "BENCH DONE"
 GUEST
 chmod +x "$work/guest.sh"
 
-echo "bench-nvmf: fio in the VM, ${RUNTIME}s per job, ${SIZE} area; NVMe/TCP on 127.0.0.1:$nvme_port, iSCSI on 127.0.0.1:$iscsi_port" >&2
+say "fio in the VM, ${RUNTIME}s per job, ${SIZE} area; one ferrited: NVMe/TCP on 127.0.0.1:$nvme_port, iSCSI on 127.0.0.1:$iscsi_port, vol0 in an RF 1 pool"
 "$VM_DIR/vm-run.sh" --fwd "4420:$nvme_port" --fwd "3260:$iscsi_port" --share "$work/out" \
     -e "RUNTIME=$RUNTIME" -e "SIZE=$SIZE" "$work/guest.sh" >"$work/vm.log" 2>&1 || {
     tail -40 "$work/vm.log" >&2
@@ -120,7 +125,7 @@ for rw, bs, qd in jobs:
         side = j["write" if "write" in rw else "read"]
         pct = side["clat_ns"].get("percentile", {})
         res[(proto, rw, bs, qd)] = (side["iops"], pct.get("50.000000", 0) / 1000, pct.get("99.000000", 0) / 1000, side["bw"] / 1024)
-print(f"bench-nvmf (guest: {accel}; same volume behind both protocols)")
+print(f"bench-nvmf (guest: {accel}; one ferrited, the same volume behind both protocols)")
 print(f"{'job':<20} {'NVMe/TCP IOPS':>14} {'p50 us':>9} {'p99 us':>9} {'iSCSI IOPS':>11} {'p50 us':>9} {'p99 us':>9} {'ratio':>6}")
 lines = []
 for rw, bs, qd in jobs:
