@@ -33,7 +33,7 @@ fio_kernel() {
         { cat /tmp/fio.err; return 1; }
     # usr_cpu/sys_cpu are percentages of the job's run time.
     awk -v rw="$rw" -v qd="$qd" '
-        /"(read|write)" :/ { sect=($1 ~ /read/) ? "read" : "write" }
+        /"(read|write|trim|sync)" : \{/ { sect=$1; gsub(/"/, "", sect) }
         /"total_ios"/ { gsub(/[",]/, "", $3); if (sect == (rw ~ /read/ ? "read" : "write")) ios=$3 }
         /"runtime"/ { gsub(/[",]/, "", $3); if (sect == (rw ~ /read/ ? "read" : "write") && $3 > 0) ms=$3 }
         /"usr_cpu"/ { gsub(/[",]/, "", $3); usr=$3 }
