@@ -56,7 +56,7 @@ impl Pagemap {
 }
 
 /// Locks `[addr, addr+len)` into memory (no swapping).
-pub fn mlock(addr: *const u8, len: usize) -> io::Result<()> {
+pub fn mlock(addr: usize, len: usize) -> io::Result<()> {
     // SAFETY: mlock only changes the residency of existing mappings; a bad
     // range is reported as an error.
     crate::cvt(unsafe { libc::mlock(addr as *const libc::c_void, len) }).map(|_| ())

@@ -139,6 +139,9 @@ pub struct Container {
     group: File,
     group_path: PathBuf,
     mode: IommuMode,
+    /// Memory mapped with [`Container::map_devmem`]: kept alive here, after
+    /// the fds in field order, so it outlives every mapping of it.
+    pinned: std::sync::Mutex<Vec<std::sync::Arc<crate::devmem::DevMem>>>,
 }
 
 impl Container {
@@ -232,6 +235,7 @@ impl Container {
             group: gfile,
             group_path,
             mode,
+            pinned: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -289,6 +293,25 @@ impl Container {
         cvt(unsafe { libc::ioctl(self.container.as_raw_fd(), VFIO_IOMMU_MAP_DMA, &m) }).map_err(
             ctx(format!("VFIO_IOMMU_MAP_DMA({len} bytes at iova {iova:#x})")),
         )?;
+        Ok(())
+    }
+
+    /// Maps device-shared memory at `iova` (type1). The container keeps the
+    /// memory alive for as long as it exists, so the mapping can never point
+    /// at freed memory.
+    pub fn map_devmem(
+        &self,
+        mem: std::sync::Arc<crate::devmem::DevMem>,
+        iova: u64,
+    ) -> io::Result<()> {
+        // SAFETY: `mem` is kept in `self.pinned` until the container's fds
+        // are closed (which removes every mapping), so the memory outlives
+        // the mapping; device writes into it are what DevMem is made for.
+        unsafe { self.map_dma(mem.addr(), iova, mem.len())? };
+        self.pinned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(mem);
         Ok(())
     }
 
