@@ -10,7 +10,7 @@ BIN := target/release
 # The VM harness (hw-tests/vm) keeps its kernel, initramfs and tools here.
 export VM_CACHE ?= $(CURDIR)/.vm-cache
 
-.PHONY: all deps build run cluster cluster-down vm-cache test hw-test unit-test crash-test bench bench-rt bench-store bench-nbd bench-iscsi bench-nvmf bench-cluster clean fmt lint test-aarch64
+.PHONY: all deps build run cluster cluster-down vm-cache test hw-test unit-test crash-test bench bench-rt bench-store bench-nbd bench-iscsi bench-nvmf bench-nvme bench-cluster clean fmt lint test-aarch64
 
 all: build
 
@@ -45,9 +45,12 @@ vm-cache:
 test: build vm-cache
 	FERRITE_REQUIRE_VM=1 $(CARGO) test $(CARGO_FLAGS) --no-fail-fast
 
-# Tests that need the VM only.
+# Tests that need the VM only: NVMe/TCP with the kernel initiator, and the
+# user-space NVMe driver over VFIO against QEMU's emulated controller
+# (no-IOMMU and IOMMU type1; hw-tests/tests/nvme_vm.rs, also in `make test`).
 hw-test: build vm-cache
 	hw-tests/nvmf/run.sh
+	$(CARGO) test --release -p ferrite-hw-tests --test nvme_vm -- --nocapture
 
 unit-test:
 	$(CARGO) test $(CARGO_FLAGS) --lib
@@ -72,6 +75,11 @@ bench-cluster: build
 
 bench-nvmf: build vm-cache
 	benchmarks/bench-nvmf.sh
+
+# 4k random I/O on QEMU's emulated NVMe in the VM: the kernel's nvme driver
+# (fio io_uring) and Ferrite's user-space driver, same device, same run.
+bench-nvme: build vm-cache
+	FERRITE_NVME_GUEST=$(BIN)/nvme-guest python3 benchmarks/bench_nvme.py
 
 bench-rt: build
 	$(BIN)/bench-rt

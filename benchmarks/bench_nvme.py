@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """make bench-nvme: 4k random reads and writes at QD1 and QD32 on QEMU's
-emulated NVMe controller inside the VM of ../shared/vm, in one VM run:
+emulated NVMe controller inside the VM of hw-tests/vm, in one VM run:
 first through the kernel's nvme driver with fio's io_uring engine, then
 through Ferrite's user-space driver (VFIO, no-IOMMU mode) with one reactor,
 adaptive polling with MSI-X wake-ups ("ferrite") and busy polling

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The user-space NVMe driver against QEMU's emulated NVMe controller: boots
-# the VM of ../shared/vm with two emulated controllers (the first is handed
+# the VM of hw-tests/vm with two emulated controllers (the first is handed
 # to vfio-pci by scripts/setup.sh inside the guest, the second stays with
 # the kernel) and runs the guest cases of hw-tests/nvme/guest/run.sh.
 #
@@ -17,7 +17,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-VM_DIR=${VM_DIR:-$(cd "$repo/.." && pwd)/shared/vm}
+VM_DIR=${VM_DIR:-$repo/hw-tests/vm}
 export VM_CACHE=${VM_CACHE:-$repo/.vm-cache}
 BIN=${FERRITE_NVME_GUEST:-${CARGO_TARGET_DIR:-$repo/target}/release/nvme-guest}
 die() { printf 'nvme-hw: error: %s\n' "$*" >&2; exit 2; }

@@ -1,5 +1,5 @@
 //! The user-space NVMe driver (engine/bdev/nvme) against QEMU's emulated
-//! NVMe controller, inside the VM of `../shared/vm` (hw-tests/nvme/run.sh):
+//! NVMe controller, inside the VM of `hw-tests/vm` (hw-tests/nvme/run.sh):
 //! no-IOMMU mode with every case, IOMMU type1 with the I/O and fault cases.
 //!
 //! The guest binary is this package's `nvme-guest`, built by cargo for this
@@ -23,7 +23,7 @@ fn repo() -> PathBuf {
 fn vm_dir() -> PathBuf {
     std::env::var_os("VM_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/vm"))
+        .unwrap_or_else(|| repo().join("hw-tests/vm"))
 }
 
 fn vm_cache() -> PathBuf {
