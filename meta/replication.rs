@@ -207,6 +207,10 @@ fn same_members(a: &ExtentRecord, b: &ExtentRecord) -> bool {
     a.replicas == b.replicas && a.learners == b.learners
 }
 
+/// How long a node reported failed is avoided for new learners (unless it
+/// registers again first).
+pub const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn failed_precondition(msg: String) -> Status {
     Status::failed_precondition(msg)
 }
@@ -573,6 +577,21 @@ impl MetaService {
         }
     }
 
+    /// Nodes reported failed in the last [`SUSPECT_FOR`] that have not
+    /// registered since: picked as learners only when no other node
+    /// qualifies (their lease may still be alive while a copy placed there
+    /// would fail at once).
+    fn recent_suspects(&self) -> HashSet<String> {
+        let mut s = self.inner.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        s.retain(|_, t| t.elapsed() < SUSPECT_FOR);
+        s.keys().cloned().collect()
+    }
+
+    /// A node registered again: it may hold learners at once.
+    pub(crate) fn clear_suspect(&self, node: &str) {
+        self.inner.suspects.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
+    }
+
     pub(crate) async fn report_replica_failure_impl(
         &self,
         req: proto::ReportReplicaFailureRequest,
@@ -625,6 +644,11 @@ impl MetaService {
                 o.extent.learners
             );
             self.forget_progress(id, failed);
+            self.inner
+                .suspects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(failed.to_string(), std::time::Instant::now());
         }
         Ok((&o.extent).into())
     }
@@ -1013,6 +1037,7 @@ impl MetaService {
             nodes: &nodes,
             alive: &alive,
         };
+        let avoid = self.recent_suspects();
         let mut entries: BTreeMap<(String, u64), Versioned<ExtentEntry>> = BTreeMap::new();
         for e in store
             .list::<ExtentEntry>(keys::REPAIR)
@@ -1109,6 +1134,7 @@ impl MetaService {
                     rc,
                     e.failure_domain,
                     e.extent_size,
+                    &avoid,
                 );
                 if got.is_empty() && cleaned == 0 {
                     report.unplaceable += 1;
@@ -1144,6 +1170,7 @@ impl MetaService {
                     rc,
                     vol.failure_domain,
                     vol.extent_size,
+                    &avoid,
                 );
                 added += got.len();
                 drained += cleaned;
@@ -1335,6 +1362,7 @@ fn pick_learners(
     replica_count: usize,
     domain: crate::records::FailureDomain,
     extent_size: u64,
+    avoid: &HashSet<String>,
 ) -> Vec<String> {
     let mut need = short_by(clean, replica_count, view);
     if need == 0 || !clean.replicas.first().is_some_and(|p| view.live(p)) {
@@ -1356,9 +1384,16 @@ fn pick_learners(
     );
     let mut got = Vec::new();
     while need > 0 {
-        let ex: HashSet<&str> = exclude.iter().map(String::as_str).collect();
         let zs: Vec<&str> = zones.iter().map(String::as_str).collect();
-        let Ok(mut chosen) = placer.place_more(1, domain, extent_size, &ex, &zs) else {
+        // Nodes recently reported failed are a last resort: their lease may
+        // still be alive while they cannot take a copy.
+        let preferred: HashSet<&str> = exclude.iter().chain(avoid.iter()).map(String::as_str).collect();
+        let any: HashSet<&str> = exclude.iter().map(String::as_str).collect();
+        let chosen = match placer.place_more(1, domain, extent_size, &preferred, &zs) {
+            Ok(c) if !c.is_empty() => Ok(c),
+            _ => placer.place_more(1, domain, extent_size, &any, &zs),
+        };
+        let Ok(mut chosen) = chosen else {
             break;
         };
         let Some(n) = chosen.pop() else { break };

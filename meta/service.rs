@@ -64,6 +64,8 @@ pub(crate) struct Inner {
     /// Resync progress reports by (extent id, learner): soft state of the
     /// leader, lost on failover (see `replication`).
     pub(crate) progress: std::sync::Mutex<HashMap<(u64, String), proto::ResyncProgress>>,
+    /// Nodes recently reported failed, by when (soft state of the leader).
+    pub(crate) suspects: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// Set once the extent indexes are known to be complete in etcd
     /// (`keys::SCHEMA`); never unset (the marker stays).
     pub(crate) indexes_ready: AtomicBool,
@@ -130,6 +132,7 @@ impl MetaService {
                 leadership,
                 write_lock: Mutex::new(()),
                 progress: std::sync::Mutex::new(HashMap::new()),
+                suspects: std::sync::Mutex::new(HashMap::new()),
                 indexes_ready: AtomicBool::new(false),
             }),
         }
@@ -567,6 +570,12 @@ impl Meta for MetaService {
         let extent_size = validate::extent_size(&req.name, req.extent_size).map_err(invalid)?;
         let provisioning = validate::provisioning(&req.name, req.provisioning).map_err(invalid)?;
         let domain = validate::failure_domain(&req.name, req.failure_domain).map_err(invalid)?;
+        if req.min_replicas > req.replica_count {
+            return Err(invalid(format!(
+                "pool '{}': min_replicas {} is more than its {} replicas",
+                req.name, req.min_replicas, req.replica_count
+            )));
+        }
         let store = self.leader().await?;
         let _w = self.inner.write_lock.lock().await;
         let rec = PoolRecord {
@@ -576,7 +585,11 @@ impl Meta for MetaService {
             extent_size,
             failure_domain: domain.into(),
             created_unix_ms: now_unix_ms(),
-            min_replicas: default_min_replicas(req.replica_count),
+            min_replicas: if req.min_replicas == 0 {
+                default_min_replicas(req.replica_count)
+            } else {
+                req.min_replicas
+            },
         };
         let key = keys::pool(&req.name);
         let mut txn = Txn::new(format!("create pool '{}'", req.name));
@@ -1036,6 +1049,7 @@ impl Meta for MetaService {
     ) -> Result<Response<proto::RegisterNodeResponse>, Status> {
         let req = request.into_inner();
         validate::name("node id", &req.id).map_err(invalid)?;
+        self.clear_suspect(&req.id);
         validate::zone(&req.zone).map_err(|e| invalid(format!("node '{}': {e}", req.id)))?;
         let addrs = req.addresses.clone().unwrap_or_default();
         validate::address("gateway address", &addrs.gateway)

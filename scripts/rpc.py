@@ -109,12 +109,14 @@ def build_parser():
     sp = method("pool_create", "Create a pool (replication and provisioning policy).",
                 lambda a: drop_none({"name": a.name, "replica_count": a.replica_count,
                                      "thin": (not a.thick), "extent_size": a.extent_size,
-                                     "failure_domain": a.failure_domain}))
+                                     "failure_domain": a.failure_domain, "min_replicas": a.min_replicas}))
     sp.add_argument("-n", "--name", required=True)
     sp.add_argument("-r", "--replica-count", type=int, default=None, help="1 to 3 (default 1)")
     sp.add_argument("--thick", action="store_true", help="allocate every extent at volume creation")
     sp.add_argument("--extent-size", type=size_arg, default=None, help="default 256M")
     sp.add_argument("--failure-domain", choices=["node", "zone"], default=None)
+    sp.add_argument("--min-replicas", type=int, default=None,
+                    help="replicas a write needs before it is acknowledged (default: 1, or 2 for 3 replicas)")
     method("pool_list", "List pools.")
     sp = method("pool_delete", "Delete an empty pool.", lambda a: {"name": a.name})
     sp.add_argument("-n", "--name", required=True)

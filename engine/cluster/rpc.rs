@@ -39,6 +39,7 @@ fn pool_json(p: &proto::Pool) -> Value {
         "extent_size": p.extent_size,
         "failure_domain": if p.failure_domain == proto::FailureDomain::Zone as i32 { "zone" } else { "node" },
         "created_unix_ms": p.created_unix_ms,
+        "min_replicas": p.min_replicas,
     })
 }
 
@@ -116,6 +117,8 @@ struct PoolCreate {
     extent_size: Option<u64>,
     #[serde(default)]
     failure_domain: Option<String>,
+    #[serde(default)]
+    min_replicas: Option<u32>,
 }
 
 #[derive(serde::Deserialize)]
@@ -178,6 +181,7 @@ pub fn register(registry: &Registry, link: Arc<MetaLink>, events: Arc<dyn Cluste
             } as i32,
             extent_size: p.extent_size.unwrap_or(0),
             failure_domain: fd as i32,
+            min_replicas: p.min_replicas.unwrap_or(0),
         };
         let pool = l
             .call(move |c| async move { c.create_pool(req).await })

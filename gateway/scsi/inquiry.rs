@@ -238,7 +238,12 @@ fn block_limits(l: &Limits) -> Vec<u8> {
     b[12..16].copy_from_slice(&l.max_transfer_blocks.to_be_bytes()); // max prefetch
     b[16..20].copy_from_slice(&l.max_unmap_blocks.to_be_bytes());
     b[20..24].copy_from_slice(&l.max_unmap_descriptors.to_be_bytes());
-    b[24..28].copy_from_slice(&phys.to_be_bytes()); // optimal unmap granularity
+    // Optimal unmap granularity: 0, "not reported". One logical block would
+    // be no real hint (the store frees whole 4 KiB blocks), and with 4 KiB
+    // logical blocks it turns on qemu 7.2's allocation map, whose block-status
+    // probe asks for 0x7FFFFE00 bytes and trips its own 4 KiB alignment
+    // assertion on every read of 64 KiB or more (seen with qemu-io).
+    b[24..28].copy_from_slice(&0u32.to_be_bytes());
     b[28..32].copy_from_slice(&0x8000_0000u32.to_be_bytes()); // UGAVALID, alignment 0
     b[32..40].copy_from_slice(&l.max_write_same_blocks.to_be_bytes());
     // WRITE ATOMIC(16): any alignment and granularity, no boundaries.

@@ -403,6 +403,7 @@ pub fn pool(
     zone: bool,
 ) -> proto::CreatePoolRequest {
     proto::CreatePoolRequest {
+        min_replicas: 0,
         name: name.into(),
         replica_count: rf,
         provisioning: if thick {
