@@ -5,8 +5,8 @@
 //! - `iscsi`: iSCSI (RFC 7143) over `scsi` (issue 6);
 //! - `nvmf`: NVMe over TCP (issue 7).
 
+pub mod iscsi;
 pub mod nbd;
 pub mod nvmf;
-pub mod iscsi;
 pub mod scsi;
 pub mod server;

@@ -582,14 +582,22 @@ impl MetaService {
     /// qualifies (their lease may still be alive while a copy placed there
     /// would fail at once).
     fn recent_suspects(&self) -> HashSet<String> {
-        let mut s = self.inner.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self
+            .inner
+            .suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         s.retain(|_, t| t.elapsed() < SUSPECT_FOR);
         s.keys().cloned().collect()
     }
 
     /// A node registered again: it may hold learners at once.
     pub(crate) fn clear_suspect(&self, node: &str) {
-        self.inner.suspects.lock().unwrap_or_else(|e| e.into_inner()).remove(node);
+        self.inner
+            .suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
     }
 
     pub(crate) async fn report_replica_failure_impl(
@@ -1387,7 +1395,11 @@ fn pick_learners(
         let zs: Vec<&str> = zones.iter().map(String::as_str).collect();
         // Nodes recently reported failed are a last resort: their lease may
         // still be alive while they cannot take a copy.
-        let preferred: HashSet<&str> = exclude.iter().chain(avoid.iter()).map(String::as_str).collect();
+        let preferred: HashSet<&str> = exclude
+            .iter()
+            .chain(avoid.iter())
+            .map(String::as_str)
+            .collect();
         let any: HashSet<&str> = exclude.iter().map(String::as_str).collect();
         let chosen = match placer.place_more(1, domain, extent_size, &preferred, &zs) {
             Ok(c) if !c.is_empty() => Ok(c),

@@ -317,14 +317,20 @@ pub fn open(path: &Path, backend: Backend) -> io::Result<Arc<dyn BlockDevice>> {
     match backend {
         Backend::Nvme => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{}: an NVMe device is named nvme://PCI-ADDRESS/NAMESPACE", path.display()),
+            format!(
+                "{}: an NVMe device is named nvme://PCI-ADDRESS/NAMESPACE",
+                path.display()
+            ),
         )),
         #[cfg(feature = "spdk")]
         Backend::Spdk => Ok(spdk::open(&path.to_string_lossy())?),
         #[cfg(not(feature = "spdk"))]
         Backend::Spdk => Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("{}: this build has no SPDK backend (build with --features spdk and SPDK_PATH)", path.display()),
+            format!(
+                "{}: this build has no SPDK backend (build with --features spdk and SPDK_PATH)",
+                path.display()
+            ),
         )),
         Backend::Uring => Ok(Arc::new(uring::UringDevice::open(path)?)),
         Backend::Malloc => {

@@ -32,12 +32,20 @@ fn vm_cache() -> PathBuf {
         .unwrap_or_else(|| repo().join(".vm-cache"));
     if !c.join("vmlinux").exists() && !c.join("vmlinuz").exists() {
         let prepare = vm_dir().join("vm-prepare.sh");
-        eprintln!("nvme_vm: no VM cache at {}: building it with {}", c.display(), prepare.display());
+        eprintln!(
+            "nvme_vm: no VM cache at {}: building it with {}",
+            c.display(),
+            prepare.display()
+        );
         let st = Command::new(&prepare)
             .env("VM_CACHE", &c)
             .status()
             .unwrap_or_else(|e| panic!("{}: {e}", prepare.display()));
-        assert!(st.success(), "{} failed ({st}): the VM tests cannot run", prepare.display());
+        assert!(
+            st.success(),
+            "{} failed ({st}): the VM tests cannot run",
+            prepare.display()
+        );
     }
     c
 }
@@ -62,7 +70,9 @@ fn run(mode: &str, cases: &[&str], model_args: &str) -> String {
     eprintln!("{stderr}");
     for c in cases {
         assert!(
-            stdout.lines().any(|l| l.trim() == format!("NVME-HW PASS {c}")),
+            stdout
+                .lines()
+                .any(|l| l.trim() == format!("NVME-HW PASS {c}")),
             "{mode}: case {c} did not pass (see the guest output above)"
         );
     }
@@ -70,7 +80,11 @@ fn run(mode: &str, cases: &[&str], model_args: &str) -> String {
         !stdout.contains("NVME-HW FAIL"),
         "{mode}: a case failed (see the guest output above)"
     );
-    assert!(out.status.success(), "{mode}: the VM run ended with {}", out.status);
+    assert!(
+        out.status.success(),
+        "{mode}: the VM run ended with {}",
+        out.status
+    );
     stdout
 }
 
