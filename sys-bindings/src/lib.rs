@@ -10,12 +10,15 @@
 pub mod affinity;
 pub mod devmem;
 pub mod dma;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod epoll;
 pub mod eventfd;
 pub mod exit;
 pub mod guarded;
 pub mod mmio;
 pub mod net;
+pub mod netns;
 pub mod pagemap;
 pub mod pci;
 pub mod segv;
