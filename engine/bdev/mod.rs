@@ -10,9 +10,10 @@
 //!   fixed (registered) buffers.
 //! - [`malloc`]: RAM, for tests; named devices in a process-wide registry so
 //!   that a store can be formatted, closed and opened again.
-//! - Issue 9 adds `nvme` (VFIO, one queue pair per reactor) and `spdk`
-//!   behind the same trait: everything a backend must do is
-//!   [`BlockDevice::submit`], a batch of [`IoOp`]s that completes as a whole.
+//! - `nvme` (the user-space driver over VFIO, one queue pair per reactor)
+//!   and `spdk` (feature `spdk`) sit behind the same trait: everything a
+//!   backend must do is [`BlockDevice::submit`], a batch of [`IoOp`]s that
+//!   completes as a whole.
 //!
 //! Every call parks the calling coroutine, never the thread. Called from a
 //! plain thread (format tools, tests) a backend may fall back to blocking

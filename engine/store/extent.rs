@@ -3,7 +3,7 @@
 //!
 //! The map is thin and chunked: a chunk of 512 entries (2 MiB of extent)
 //! exists only once a block in it was written, so an empty 256 MiB extent
-//! costs a few hundred bytes and a full one 6 MiB.
+//! costs a few hundred bytes and a full one about 1 MiB (16 bytes per block).
 
 use std::fmt;
 

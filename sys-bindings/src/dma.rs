@@ -1,4 +1,4 @@
-//! Memory for device DMA: large, page-aligned, locked-in-place mappings that
+//! Memory for device DMA: large, page-aligned mappings that
 //! the block-device layer carves into I/O buffers.
 //!
 //! A mapping is tried on explicit hugepages first (`MAP_HUGETLB`, 2 MiB
