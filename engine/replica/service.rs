@@ -1052,9 +1052,10 @@ fn ctx_min_replicas(ctx: &ExtentCtx, rec: &ExtentRecord) -> u32 {
     if ctx.min_replicas > 0 {
         ctx.min_replicas
     } else {
-        // The pool default when the client did not say: a majority of
-        // three, else one.
-        if rec.replicas.len() + rec.learners.len() >= 3 {
+        // The pool default when the client did not say, as meta resolves
+        // it (`default_min_replicas`): a majority of three, else one.
+        // Learners are not counted: they are not yet members.
+        if rec.replicas.len() >= 3 {
             2
         } else {
             1
