@@ -4,9 +4,15 @@
 # on LUNs of the same size, at a few queue depths. Prints a table, then
 # `RESULT <name> <value> <unit>` lines with IOPS and the Ferrite/tgt ratios.
 #
-# Both targets keep their data in RAM (Ferrite: a RAM volume; tgt: a file
-# in /dev/shm), so this compares the protocol layers, not storage.
-# Knobs: SIZE (default 1G), DURATION per point in s (5), QDS ("1 8 32 64"),
+# Two pairs:
+# - protocol: both targets keep their data in RAM (Ferrite: a RAM volume of
+#   its test daemon; tgt: a file in /dev/shm), so this compares the protocol
+#   layers, not storage;
+# - store: a real node (etcd + ferrite-meta + ferrited, vol0 in an RF 1 pool
+#   on a device file) against tgt on a file in the same directory opened
+#   with O_DIRECT (bsoflags=direct), both filled with the same random data
+#   first, so that every read goes to the disk on both sides.
+# Knobs: SIZE (default 1G), STORE_SIZE (256M), DURATION per point in s (5), QDS ("1 8 32 64"),
 # BLOCKS per request (8 = 4 KiB), REACTORS (2), PORT_FERRITE (3290),
 # PORT_TGT (3291), TGT_CONTROL_PORT (29).
 set -euo pipefail
@@ -32,7 +38,15 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 (cd "$ROOT" && cargo build --release -q -p ferrite-gateway --bin ferrite-iscsi-testd)
 TESTD=$TARGET_DIR/release/ferrite-iscsi-testd
 
-work=$(mktemp -d /tmp/bench-iscsi.XXXXXX)
+work=$(mktemp -d "${BENCH_DIR:-$ROOT}/.bench-iscsi.XXXXXX")
+STORE_SIZE=${STORE_SIZE:-256M}
+repo=$ROOT
+pids=()
+die() { printf 'bench-iscsi: error: %s\n' "$*" >&2; exit 2; }
+say() { printf 'bench-iscsi: %s\n' "$*" >&2; }
+# shellcheck source=hw-tests/nvmf/cluster.sh
+. "$ROOT/hw-tests/nvmf/cluster.sh"
+fc_check_bins
 shm=/dev/shm; [ -d "$shm" ] && [ -w "$shm" ] || shm=$work
 backing=$shm/bench-iscsi-tgt-$$.img
 ferrite_pid=""; tgt_pid=""
@@ -44,6 +58,10 @@ reap() {
   wait "$pid" 2>/dev/null || true
 }
 cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do reap "$p"; done
+  $SUDO tgtadm -C "$CTL" --lld iscsi --op delete --mode target --tid 2 --force >/dev/null 2>&1 || true
   if [ -n "$ferrite_pid" ]; then kill "$ferrite_pid" 2>/dev/null || true; reap "$ferrite_pid"; fi
   if [ -n "$tgt_pid" ]; then
     # tgtd ignores SIGTERM while it has targets: remove them, then stop it.
@@ -82,17 +100,41 @@ perf() {
   echo "$out" | awk '/iops average/ {v=$0} END {sub(/.*iops average /, "", v); sub(/ .*/, "", v); print (v == "" ? 0 : v)}'
 }
 
-echo "iscsi-perf random read, $((BLOCKS * 512)) bytes per request, ${DURATION}s per point, LUN size $SIZE, $REACTORS reactors"
-printf "%6s %14s %14s %8s\n" "qd" "ferrite IOPS" "tgt IOPS" "ratio"
+# The store pair: a real ferrited and tgt with O_DIRECT on the same disk.
+RUST_LOG=warn fc_start_meta
+RUST_LOG=warn fc_start_node node1
+store_bytes=$(numfmt --from=iec "$STORE_SIZE")
+fc_rpc node1 pool_create '{"name": "bench", "replica_count": 1}' >/dev/null
+fc_rpc node1 volume_create "{\"name\": \"vol0\", \"pool\": \"bench\", \"size\": $store_bytes}" >/dev/null
+fc_rpc node1 volume_export '{"name": "vol0"}' >/dev/null
+head -c "$store_bytes" /dev/urandom > "$work/data.img"
+qemu-img convert -n -f raw -O raw "$work/data.img" "nbd://127.0.0.1:${node_nbd[node1]}/vol0"
+URL_STORE="iscsi://127.0.0.1:${node_iscsi[node1]}/iqn.2026-11.io.ferrite:vol0/0"
+mv "$work/data.img" "$work/tgt-disk.img"
+$SUDO tgtadm -C "$CTL" --lld iscsi --op new --mode target --tid 2 -T "$IQN_TGT-disk"
+$SUDO tgtadm -C "$CTL" --lld iscsi --op new --mode logicalunit --tid 2 --lun 1 -b "$work/tgt-disk.img" --bsoflags direct
+$SUDO tgtadm -C "$CTL" --lld iscsi --op bind --mode target --tid 2 -I ALL
+URL_TGT_DISK="iscsi://127.0.0.1:$PORT_TGT/$IQN_TGT-disk/1"
+
 results=()
-for qd in $QDS; do
-  # Warm both once per depth so neither pays for first touch.
-  f=$(perf "$URL_FERRITE" "$qd")
-  t=$(perf "$URL_TGT" "$qd")
-  ratio=$(awk -v a="$f" -v b="$t" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-  printf "%6s %14s %14s %8s\n" "$qd" "$f" "$t" "$ratio"
-  results+=("RESULT iscsi_randread_4k_qd${qd}_ferrite_iops $f IOPS"
-            "RESULT iscsi_randread_4k_qd${qd}_tgt_iops $t IOPS"
-            "RESULT iscsi_randread_4k_qd${qd}_ferrite_vs_tgt $ratio ratio")
-done
+# measure LABEL URL_FERRITE URL_TGT: one table, RESULT lines named by LABEL.
+measure() {
+  local label=$1 uf=$2 ut=$3 qd f t ratio
+  printf "%-8s %6s %14s %14s %8s\n" "pair" "qd" "ferrite IOPS" "tgt IOPS" "ratio"
+  for qd in $QDS; do
+    f=$(perf "$uf" "$qd")
+    t=$(perf "$ut" "$qd")
+    ratio=$(awk -v a="$f" -v b="$t" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+    printf "%-8s %6s %14s %14s %8s\n" "$label" "$qd" "$f" "$t" "$ratio"
+    results+=("RESULT iscsi${label:+_$label}_randread_4k_qd${qd}_ferrite_iops $f IOPS"
+              "RESULT iscsi${label:+_$label}_randread_4k_qd${qd}_tgt_iops $t IOPS"
+              "RESULT iscsi${label:+_$label}_randread_4k_qd${qd}_ferrite_vs_tgt $ratio ratio")
+  done
+}
+
+echo "iscsi-perf random read, $((BLOCKS * 512)) bytes per request, ${DURATION}s per point"
+echo "protocol pair: RAM-backed both, LUN size $SIZE, $REACTORS reactors (label: none)"
+measure "" "$URL_FERRITE" "$URL_TGT"
+echo "store pair: ferrited vol0 (RF 1, device file) vs tgt O_DIRECT file, same disk, $STORE_SIZE of random data (label: store)"
+measure store "$URL_STORE" "$URL_TGT_DISK"
 printf '%s\n' "${results[@]}"
