@@ -92,6 +92,31 @@ struct Args {
     /// each listener's own address.
     #[arg(long)]
     nvmf_advertise: Option<String>,
+    /// Replica traffic over DPDK (build feature `dpdk`): the EAL's
+    /// arguments, e.g. "--no-pci --in-memory --vdev=net_memif0,role=server".
+    /// A unique --file-prefix, --lcores and --no-telemetry are added unless
+    /// given. Needs --dpdk-ip. Off (kernel TCP) without it.
+    #[arg(long, allow_hyphen_values = true)]
+    dpdk_eal: Option<String>,
+    /// This node's IPv4 address[/PREFIX] on the DPDK ports; meta gets
+    /// `dpdk://IP:PORT` (PORT of --replica) as its replica address.
+    #[arg(long)]
+    dpdk_ip: Option<String>,
+    /// A peer known statically, `[NAME=]IP[@MAC][%PORT]` (no ARP for it
+    /// when MAC is given; PORT: index of our DPDK port that reaches it).
+    /// Repeat for more; others are resolved by ARP.
+    #[arg(long = "dpdk-peer")]
+    dpdk_peers: Vec<String>,
+    /// IP MTU of the DPDK links (jumbo frames where the link carries them).
+    #[arg(long, default_value_t = 1500)]
+    dpdk_mtu: u16,
+    /// Network namespace whose interfaces the DPDK ports open (af_packet).
+    #[arg(long)]
+    dpdk_netns: Option<String>,
+    /// Loss injection on the DPDK send path, for tests:
+    /// `drop=R,dup=R,reorder=R[,seed=N]` (also FERRITE_DPDK_LOSS).
+    #[arg(long)]
+    dpdk_loss: Option<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -163,6 +188,7 @@ fn run(args: Args) -> Result<(), String> {
         advertise_host: args.advertise.clone(),
         nvmf_advertise: args.nvmf_advertise.clone(),
     };
+    let dpdk_cfg = dpdk::config(&args)?;
 
     // Before any thread exists, so that every thread inherits the mask.
     ferrite_sys::signals::block_termination_signals()
@@ -176,6 +202,11 @@ fn run(args: Args) -> Result<(), String> {
         shutdown_grace: Duration::from_secs(5),
         ..Config::default()
     };
+    // The EAL comes up on the main thread before the reactors exist (its
+    // threads inherit the blocked signals, so SIGTERM/SIGINT reach only
+    // the wait below, and every exit path goes through the clean-up).
+    // `env` owns it: dropped on any error return below, it cleans up.
+    let mut env = dpdk::Env::bring_up(dpdk_cfg, config.cores.len())?;
     let runtime = Runtime::new(config.clone()).map_err(|e| format!("starting reactors: {e}"))?;
     log::info!(
         "{} reactors on cores {} ({:?} polling)",
@@ -183,11 +214,20 @@ fn run(args: Args) -> Result<(), String> {
         config.cores,
         config.poll_mode
     );
-
-    let node = match Node::start(&cfg, runtime.handle()) {
+    let net = match env.attach(&runtime.handle()) {
         Ok(n) => n,
         Err(e) => {
             runtime.shutdown();
+            return Err(e);
+        }
+    };
+
+    let node = match Node::start(&cfg, runtime.handle(), net.clone()) {
+        Ok(n) => n,
+        Err(e) => {
+            dpdk::stop(&net);
+            runtime.shutdown();
+            env.shutdown();
             return Err(e);
         }
     };
@@ -199,7 +239,126 @@ fn run(args: Args) -> Result<(), String> {
     let sig = ferrite_sys::signals::wait_termination_signal();
     log::info!("{sig}: shutting down");
     node.stop();
+    dpdk::stop(&net);
     runtime.shutdown();
+    env.shutdown();
     log::info!("stopped");
     Ok(())
+}
+
+/// The DPDK replica transport when built in (feature `dpdk`), and a
+/// stand-in that refuses the flags when not.
+#[cfg(feature = "dpdk")]
+mod dpdk {
+    use super::Args;
+    use ferrite_engine::replica::dpdk::config::{parse_ip, DpdkConfig, PeerSpec};
+    use ferrite_engine::replica::dpdk::loss::LossSpec;
+    use ferrite_engine::replica::dpdk::{DpdkEnv, Stack};
+    use ferrite_engine::rt::Handle;
+
+    pub type Net = Option<Stack>;
+
+    pub fn config(args: &Args) -> Result<Option<DpdkConfig>, String> {
+        let Some(eal) = &args.dpdk_eal else {
+            if args.dpdk_ip.is_some() || !args.dpdk_peers.is_empty() {
+                return Err("--dpdk-ip and --dpdk-peer need --dpdk-eal".into());
+            }
+            return Ok(None);
+        };
+        let ip = args
+            .dpdk_ip
+            .as_deref()
+            .ok_or("--dpdk-eal needs --dpdk-ip (this node's address on the DPDK links)")?;
+        let (ip, prefix) = parse_ip(ip)?;
+        let eal_args: Vec<String> = eal.split_whitespace().map(String::from).collect();
+        let mut c = DpdkConfig::new(eal_args, ip, prefix, args.replica.port());
+        for p in &args.dpdk_peers {
+            c.peers.push(PeerSpec::parse(p)?);
+        }
+        c.mtu = args.dpdk_mtu;
+        c.netns = args.dpdk_netns.clone();
+        let loss = args
+            .dpdk_loss
+            .clone()
+            .or_else(|| std::env::var("FERRITE_DPDK_LOSS").ok());
+        if let Some(l) = loss {
+            c.loss = LossSpec::parse(&l)?;
+            if c.loss.active() {
+                log::warn!("dpdk: loss injection on: {:?}", c.loss);
+            }
+        }
+        Ok(Some(c))
+    }
+
+    pub struct Env(Option<DpdkEnv>);
+
+    impl Env {
+        pub fn bring_up(cfg: Option<DpdkConfig>, reactors: usize) -> Result<Self, String> {
+            match cfg {
+                Some(c) => Ok(Self(Some(DpdkEnv::bring_up(c, reactors)?))),
+                None => Ok(Self(None)),
+            }
+        }
+
+        pub fn attach(&mut self, handle: &Handle) -> Result<Net, String> {
+            match &mut self.0 {
+                Some(e) => e.attach(handle).map(Some),
+                None => Ok(None),
+            }
+        }
+
+        pub fn shutdown(mut self) {
+            if let Some(e) = self.0.take() {
+                match e.shutdown() {
+                    Ok(()) => log::info!("dpdk: EAL cleaned up"),
+                    Err(e) => log::error!("{e}"),
+                }
+            }
+        }
+    }
+
+    pub fn stop(net: &Net) {
+        if let Some(s) = net {
+            s.stop();
+        }
+    }
+}
+
+#[cfg(not(feature = "dpdk"))]
+mod dpdk {
+    use super::Args;
+    use ferrite_engine::rt::Handle;
+
+    pub type Net = Option<()>;
+
+    pub fn config(args: &Args) -> Result<Option<()>, String> {
+        if args.dpdk_eal.is_some()
+            || args.dpdk_ip.is_some()
+            || !args.dpdk_peers.is_empty()
+            || args.dpdk_netns.is_some()
+            || args.dpdk_loss.is_some()
+        {
+            return Err(
+                "this ferrited was built without DPDK (cargo build --features ferrited/dpdk)"
+                    .into(),
+            );
+        }
+        Ok(None)
+    }
+
+    pub struct Env;
+
+    impl Env {
+        pub fn bring_up(_: Option<()>, _: usize) -> Result<Self, String> {
+            Ok(Self)
+        }
+
+        pub fn attach(&mut self, _: &Handle) -> Result<Net, String> {
+            Ok(None)
+        }
+
+        pub fn shutdown(self) {}
+    }
+
+    pub fn stop(_: &Net) {}
 }

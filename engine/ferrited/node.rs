@@ -8,7 +8,7 @@ use ferrite_engine::metrics::http::MetricsServer;
 use ferrite_engine::metrics::{self, Metrics, Sample};
 use ferrite_engine::replica::router::ReplicaRouter;
 use ferrite_engine::replica::service::{ReplicaService, ServiceConfig};
-use ferrite_engine::replica::transport::{TcpConfig, TcpTransport};
+use ferrite_engine::replica::transport::{TcpConfig, TcpTransport, Transport};
 use ferrite_engine::rpc::server::RpcServer;
 use ferrite_engine::rpc::Registry;
 use ferrite_engine::rt::server::TcpServer;
@@ -65,12 +65,14 @@ pub struct Node {
     iscsi: Arc<IscsiTarget>,
     nvmf: Arc<NvmfTarget>,
     svc: Arc<ReplicaService>,
+    /// The DPDK replica server, when on (dropped with the TCP one).
+    dpdk_server: Option<Box<dyn std::any::Any>>,
     stop_background: Arc<AtomicBool>,
     _link: Arc<MetaLink>,
 }
 
 impl Node {
-    pub fn start(cfg: &NodeConfig, handle: Handle) -> Result<Self, String> {
+    pub fn start(cfg: &NodeConfig, handle: Handle, net: crate::dpdk::Net) -> Result<Self, String> {
         let store = open_store(cfg, &handle)?;
         let (total, free) = store.capacity();
         log::info!(
@@ -79,6 +81,24 @@ impl Node {
             total >> 20,
             free >> 20
         );
+
+        // Replica traffic: kernel TCP, or DPDK (then meta gets the node's
+        // `dpdk://IP:PORT` address, and the transport still reaches nodes
+        // that registered a TCP address over TCP).
+        let tcp: Arc<dyn Transport> = TcpTransport::new(TcpConfig::default());
+        let (transport, replica_addr) = (
+            tcp,
+            format!("{}:{}", cfg.advertise_host, cfg.replica.port()),
+        );
+        #[cfg(feature = "dpdk")]
+        let (transport, replica_addr) = match &net {
+            Some(stack) => (
+                ferrite_engine::replica::dpdk::transport::DpdkTransport::new(stack.clone())
+                    as Arc<dyn Transport>,
+                stack.replica_address(),
+            ),
+            None => (transport, replica_addr),
+        };
 
         let link = MetaLink::new(&cfg.meta)?;
         let gateway_addr = cfg
@@ -89,14 +109,18 @@ impl Node {
             id: cfg.node_id.clone(),
             addresses: Some(proto::NodeAddresses {
                 gateway: gateway_addr,
-                replica: format!("{}:{}", cfg.advertise_host, cfg.replica.port()),
+                replica: replica_addr.clone(),
             }),
             zone: cfg.zone.clone(),
             capacity_total: total,
             capacity_free: free,
         };
         let keeper = link.register_node(reg, Duration::from_secs(30))?;
-        log::info!("node '{}' registered with meta {:?}", cfg.node_id, cfg.meta);
+        log::info!(
+            "node '{}' registered with meta {:?}; replica address {replica_addr}",
+            cfg.node_id,
+            cfg.meta
+        );
 
         // Replication: this node's replica service and port, and the router
         // through which the volume client reaches primaries (this node's
@@ -105,11 +129,20 @@ impl Node {
             ServiceConfig::new(&cfg.node_id),
             store.clone(),
             MetaReplicaOps::new(link.clone()),
-            TcpTransport::new(TcpConfig::default()),
+            transport,
         );
         let replica_server =
             ferrite_engine::replica::server::start(&handle, cfg.replica, svc.clone())
                 .map_err(|e| format!("replica port {}: {e}", cfg.replica))?;
+        #[cfg(feature = "dpdk")]
+        let dpdk_server: Option<Box<dyn std::any::Any>> = net.as_ref().map(|stack| {
+            Box::new(ferrite_engine::replica::dpdk::server::start(
+                stack,
+                svc.clone(),
+            )) as Box<dyn std::any::Any>
+        });
+        #[cfg(not(feature = "dpdk"))]
+        let dpdk_server: Option<Box<dyn std::any::Any>> = net.map(|()| Box::new(()) as _);
         svc.start_background(&handle);
         let volumes = VolumeClient::new(
             MetaCatalog::new(link.clone()),
@@ -183,6 +216,7 @@ impl Node {
         let sv = svc.clone();
         registry.register("replica_get_stats", move |_| Ok(replica_stats_json(&sv)));
         register_replica_metrics(&metrics, svc.clone());
+        register_dpdk(&registry, &metrics, &net);
 
         if let Some(addr) = cfg.nbd {
             let bound = nbd
@@ -232,6 +266,7 @@ impl Node {
             iscsi,
             nvmf,
             svc,
+            dpdk_server,
             stop_background,
             _link: link,
         })
@@ -257,6 +292,7 @@ impl Node {
         self.metrics_http.take();
         self.svc.stop();
         self.replica.take();
+        self.dpdk_server.take();
         let store = self.store.clone();
         let r = self.handle.spawn_on(0, move || store.close()).join();
         match r {
@@ -492,6 +528,8 @@ fn replica_stats_json(svc: &ReplicaService) -> Value {
         "checksum_errors": s.checksum_errors.load(Relaxed), "repairs": s.repairs.load(Relaxed),
         "resync_bytes": s.resync_bytes.load(Relaxed), "resyncs_completed": s.resyncs_completed.load(Relaxed),
         "extents_collected": s.extents_collected.load(Relaxed),
+        "tcp_connections": ferrite_engine::replica::server::TCP_CONNECTIONS.load(Relaxed),
+        "tcp_requests_served": ferrite_engine::replica::server::TCP_REQUESTS_SERVED.load(Relaxed),
         "resyncs_in_progress": svc.resyncs_in_progress().into_iter().map(|(e, n)| json!({"extent": e, "learner": n})).collect::<Vec<_>>(),
     })
 }
@@ -594,5 +632,43 @@ fn register_volume_metrics(m: &Metrics, volumes: Arc<VolumeClient>) {
         for (name, st) in volumes.stats() {
             st.samples(&name, out);
         }
+    });
+}
+
+/// `replica_dpdk_get_stats`: the DPDK transport's counters, its ports'
+/// driver counters, its address and ARP table (an error when DPDK is off);
+/// and the counters as `ferrite_dpdk_transport_total{counter=...}`.
+#[cfg(feature = "dpdk")]
+fn register_dpdk(registry: &Registry, metrics: &Metrics, net: &crate::dpdk::Net) {
+    let Some(stack) = net.clone() else {
+        registry.register("replica_dpdk_get_stats", |_| {
+            Err(ferrite_engine::rpc::RpcError::errno(
+                95,
+                "this node's replica transport is kernel TCP (no --dpdk-eal)",
+            ))
+        });
+        return;
+    };
+    let s = stack.clone();
+    registry.register("replica_dpdk_get_stats", move |_| Ok(s.stats_json()));
+    metrics.register(move |out| {
+        for (name, _help, v) in stack.stats().all() {
+            out.push(Sample::counter(
+                "ferrite_dpdk_transport_total",
+                "DPDK replica transport counters (see replica_dpdk_get_stats)",
+                vec![("counter", name.to_string())],
+                v as f64,
+            ));
+        }
+    });
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn register_dpdk(registry: &Registry, _: &Metrics, _: &crate::dpdk::Net) {
+    registry.register("replica_dpdk_get_stats", |_| {
+        Err(ferrite_engine::rpc::RpcError::errno(
+            95,
+            "this ferrited was built without DPDK",
+        ))
     });
 }

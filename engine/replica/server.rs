@@ -9,7 +9,13 @@ use crate::rt::{self, sync, Handle};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+
+/// Connections this process's TCP replica servers accepted, and requests
+/// they served (what shows that a node on DPDK carried none over TCP).
+pub static TCP_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+pub static TCP_REQUESTS_SERVED: AtomicU64 = AtomicU64::new(0);
 
 /// What a request is answered with.
 pub struct Answer {
@@ -82,6 +88,7 @@ struct Conn {
 }
 
 fn serve(stream: rt::net::TcpStream, peer: SocketAddr, handler: Arc<dyn Handler>) {
+    TCP_CONNECTIONS.fetch_add(1, Relaxed);
     let conn = Rc::new(Conn {
         stream,
         writer: sync::Mutex::new(()),
@@ -102,6 +109,7 @@ fn serve(stream: rt::net::TcpStream, peer: SocketAddr, handler: Arc<dyn Handler>
             break;
         }
         conn.in_flight.acquire(1).forget();
+        TCP_REQUESTS_SERVED.fetch_add(1, Relaxed);
         let (c, h) = (conn.clone(), handler.clone());
         let spawned = rt::Builder::new()
             .static_name("replica-req")

@@ -246,6 +246,15 @@ mod env {
             let mut v = self.shared.stats.json();
             v["ports"] = port::stats_json(&self.shared.ports);
             v["address"] = self.replica_address().into();
+            v["links_up"] = self
+                .shared
+                .links
+                .up
+                .iter()
+                .map(|u| u.load(Ordering::Acquire))
+                .collect::<Vec<_>>()
+                .into();
+            v["reactors"] = self.shared.reactors.into();
             v["arp"] = self
                 .shared
                 .arp

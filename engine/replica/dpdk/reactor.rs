@@ -684,7 +684,10 @@ impl ReactorNet {
         };
         let data = &payload[HDR_LEN..HDR_LEN + h.len as usize];
         let key = (local_port, src);
-        let ps = match self.sessions.borrow().get(&key).cloned() {
+        // (Not in the match's scrutinee: the borrow would live through the
+        // arms, and `session` inserts.)
+        let known = self.sessions.borrow().get(&key).cloned();
+        let ps = match known {
             Some(ps) => ps,
             None if h.kind == Kind::Reset => {
                 bump(&st.stale);
@@ -749,7 +752,8 @@ impl ReactorNet {
         };
         bump(&st.frames_received);
         if f.header.is_response() {
-            if let Some(r) = ps.pending.borrow_mut().remove(&f.header.request_id) {
+            let waiting = ps.pending.borrow_mut().remove(&f.header.request_id);
+            if let Some(r) = waiting {
                 *r.result.borrow_mut() = Some(Ok(f));
                 r.done.set();
             }
