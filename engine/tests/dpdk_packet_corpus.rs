@@ -156,6 +156,19 @@ fn malformed_and_valid_packets_do_not_panic() {
         corpus.push(p);
         corpus.push(noise(seed, 16 + (seed as usize * 53) % 1600));
     }
+    // FERRITE_FUZZ_SEEDS=DIR also writes the corpus there, as seeds for
+    // `cargo fuzz run dpdk_packet DIR` (the wire header's crc32c keeps
+    // random inputs from reaching the session otherwise).
+    if let Some(dir) = std::env::var_os("FERRITE_FUZZ_SEEDS") {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, input) in corpus.iter().enumerate() {
+            std::fs::write(
+                std::path::Path::new(&dir).join(format!("seed-{i:03}")),
+                input,
+            )
+            .unwrap();
+        }
+    }
     for input in &corpus {
         packet(input);
     }
