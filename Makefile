@@ -4,13 +4,15 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
-# Tests and benchmarks use the same optimised build as `make run`.
-CARGO_FLAGS ?= --release --workspace
+# Tests and benchmarks use the same optimised build as `make run`. The DPDK
+# replica transport (feature ferrited/dpdk, libdpdk-dev) is built and tested
+# too; a plain `cargo build` leaves it out and needs no DPDK.
+CARGO_FLAGS ?= --release --workspace --features ferrited/dpdk
 BIN := target/release
 # The VM harness (hw-tests/vm) keeps its kernel, initramfs and tools here.
 export VM_CACHE ?= $(CURDIR)/.vm-cache
 
-.PHONY: all deps build run cluster cluster-down vm-cache test hw-test unit-test crash-test bench bench-rt bench-store bench-nbd bench-iscsi bench-nvmf bench-nvme bench-cluster clean fmt lint test-aarch64
+.PHONY: all deps build run cluster cluster-down vm-cache test hw-test unit-test crash-test bench bench-rt bench-store bench-nbd bench-iscsi bench-nvmf bench-nvme bench-cluster bench-dpdk clean fmt lint test-aarch64
 
 all: build
 
@@ -72,6 +74,11 @@ bench-iscsi: build
 # A local 3-node cluster: RF3 and RF1 side by side, and re-replication time.
 bench-cluster: build
 	cd benchmarks && python3 bench_cluster.py
+
+# Replica round trips (4k/128k) and fio 4k randwrite QD1/QD32 on an RF2
+# volume, over DPDK memif and over kernel TCP on loopback, same run.
+bench-dpdk: build
+	cd benchmarks && BIN=$(CURDIR)/$(BIN) python3 bench_dpdk.py
 
 bench-nvmf: build vm-cache
 	benchmarks/bench-nvmf.sh

@@ -116,14 +116,14 @@ class Procs:
         wait_port(mp)
         return p, mp
 
-    def node(self, name, meta_port, device_size="3G", cores="0-1"):
+    def node(self, name, meta_port, device_size="3G", cores="0-1", extra=()):
         nbd = free_port()
         sock = f"{self.tmp}/{name}.sock"
         p = self.spawn(name, [f"{BIN}/ferrited", "--cores", cores, "--no-pin", "--poll-mode", "adaptive",
                               "--node-id", name, "--zone", name, "--device", f"{self.tmp}/{name}.img", "--device-size", device_size,
                               "--meta", f"127.0.0.1:{meta_port}", "-r", sock, "--nbd", f"127.0.0.1:{nbd}",
                               "--metrics", "off", "--replica", f"127.0.0.1:{free_port()}",
-                              "--iscsi", "off", "--nvmf", "off", "--nvmf-discovery", "off"])
+                              "--iscsi", "off", "--nvmf", "off", "--nvmf-discovery", "off", *extra])
         wait_port(nbd, 60)
         return p, sock, nbd
 

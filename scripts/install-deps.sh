@@ -12,6 +12,7 @@ PKGS=(
   libiscsi-bin tgt
   python3-pip
   iproute2 procps psmisc
+  libdpdk-dev dpdk
 )
 # Python packages (SPDK's own JSON-RPC client, `spdk_rpc`).
 PIP_PKGS=(spdk)

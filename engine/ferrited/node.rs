@@ -217,6 +217,7 @@ impl Node {
         registry.register("replica_get_stats", move |_| Ok(replica_stats_json(&sv)));
         register_replica_metrics(&metrics, svc.clone());
         register_dpdk(&registry, &metrics, &net);
+        register_replica_bench(&registry, handle.clone(), svc.clone());
 
         if let Some(addr) = cfg.nbd {
             let bound = nbd
@@ -671,4 +672,137 @@ fn register_dpdk(registry: &Registry, _: &Metrics, _: &crate::dpdk::Net) {
             "this ferrited was built without DPDK",
         ))
     });
+}
+
+/// `replica_bench {address, size, count, depth?, reactor?}`: `count` replica
+/// round trips (PING frames carrying `size` payload bytes, answered by the
+/// peer's replica service without touching its store) from reactor
+/// `reactor` to the replica address `address`, `depth` at a time, over
+/// whichever transport this node uses for that address (DPDK for
+/// `dpdk://`, kernel TCP otherwise). Returns latency percentiles and
+/// throughput. Bounded: 1M calls, 4 MiB payloads, depth 256, 60 s.
+fn register_replica_bench(registry: &Registry, handle: Handle, svc: Arc<ReplicaService>) {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        address: String,
+        size: usize,
+        count: usize,
+        #[serde(default)]
+        depth: Option<usize>,
+        #[serde(default)]
+        reactor: Option<usize>,
+    }
+    registry.register("replica_bench", move |p| {
+        let p: P = ferrite_engine::rpc::parse_params(p)?;
+        let bad = |m: &str| ferrite_engine::rpc::RpcError::invalid_params(m.to_string());
+        let depth = p.depth.unwrap_or(1);
+        let reactor = p.reactor.unwrap_or(0);
+        if p.count == 0 || p.count > 1_000_000 {
+            return Err(bad("count must be 1..=1000000"));
+        }
+        if p.size > 4 << 20 {
+            return Err(bad("size must be at most 4 MiB"));
+        }
+        if depth == 0 || depth > 256 {
+            return Err(bad("depth must be 1..=256"));
+        }
+        if reactor >= handle.reactor_count() {
+            return Err(bad("no such reactor"));
+        }
+        let svc = svc.clone();
+        let r = handle
+            .spawn_on(reactor, move || {
+                replica_bench(svc, p.address, p.size, p.count, depth)
+            })
+            .join()
+            .map_err(|e| ferrite_engine::rpc::RpcError::errno(5, e.to_string()))?;
+        r.map_err(|e| ferrite_engine::rpc::RpcError::errno(5, e))
+    });
+}
+
+fn replica_bench(
+    svc: Arc<ReplicaService>,
+    address: String,
+    size: usize,
+    count: usize,
+    depth: usize,
+) -> Result<Value, String> {
+    use ferrite_engine::replica::proto::{Header, Op};
+    use ferrite_engine::replica::transport::Request;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Instant;
+    let payload: Rc<Vec<u8>> = Rc::new((0..size).map(|i| (i * 7) as u8).collect());
+    let one = {
+        let (svc, address, payload) = (svc.clone(), address.clone(), payload.clone());
+        move || -> Result<Duration, String> {
+            let t = Instant::now();
+            svc.transport()
+                .call(
+                    &address,
+                    Request {
+                        header: Header {
+                            op: Op::Ping as u8,
+                            ..Default::default()
+                        },
+                        body: Vec::new(),
+                        payload: &payload,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            Ok(t.elapsed())
+        }
+    };
+    // Warm up: sessions, ARP, connections, caches.
+    for _ in 0..count.clamp(1, 100) {
+        one()?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let lat: Rc<RefCell<Vec<u64>>> = Rc::new(RefCell::new(Vec::with_capacity(count)));
+    let errors: Rc<RefCell<Vec<String>>> = Rc::new(RefCell::new(Vec::new()));
+    let left = Rc::new(std::cell::Cell::new(count));
+    let t0 = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..depth {
+        let (one, lat, errors, left) = (one.clone(), lat.clone(), errors.clone(), left.clone());
+        let w = rt::Builder::new()
+            .static_name("replica-bench")
+            .spawn(move || {
+                while left.get() > 0 && Instant::now() < deadline && errors.borrow().is_empty() {
+                    left.set(left.get() - 1);
+                    match one() {
+                        Ok(d) => lat.borrow_mut().push(d.as_nanos() as u64),
+                        Err(e) => errors.borrow_mut().push(e),
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        workers.push(w);
+    }
+    for w in workers {
+        w.join().map_err(|e| e.to_string())?;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    if let Some(e) = errors.borrow().first() {
+        return Err(format!("a round trip failed: {e}"));
+    }
+    let mut l = lat.borrow().clone();
+    l.sort_unstable();
+    let n = l.len().max(1);
+    let pct = |q: f64| {
+        l.get(((n as f64 * q) as usize).min(n - 1))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let mean = l.iter().sum::<u64>() as f64 / n as f64 / 1000.0;
+    Ok(json!({
+        "address": address, "size": size, "depth": depth, "count": l.len(),
+        "p50_us": pct(0.50), "p99_us": pct(0.99), "mean_us": mean,
+        "min_us": pct(0.0), "max_us": l.last().copied().unwrap_or(0) as f64 / 1000.0,
+        "ops_per_s": l.len() as f64 / elapsed,
+        "mbps": (l.len() * size) as f64 / elapsed / 1e6,
+        "elapsed_s": elapsed,
+    }))
 }
