@@ -56,8 +56,12 @@ impl Prefixes {
         Self(Vec::new())
     }
 
+    /// A prefix unique in this machine's runs: tests run in parallel in
+    /// one process, and two EALs must never share a prefix.
     fn add(&mut self, node: &str) -> String {
-        let p = format!("fit-{}-{node}-{}", std::process::id(), self.0.len());
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = format!("fit-{}-{n}-{node}", std::process::id());
         self.0.push(p.clone());
         p
     }
@@ -186,14 +190,39 @@ fn assert_traffic_on_dpdk(c: &Cluster) -> (Value, Value) {
     (s[0].clone(), s[1].clone())
 }
 
-/// SIGTERM every node; each must exit by itself, say it cleaned the EAL
-/// up, and leave nothing behind.
-fn stop_clean(c: &mut Cluster, p: &Prefixes, which: &[usize]) {
+/// SIGINT, then waits (bounded) for the process to exit by itself.
+fn interrupt(n: &mut Node) -> bool {
+    let Some(mut c) = n.proc.child.take() else {
+        return true;
+    };
+    let _ = Command::new("kill")
+        .args(["-INT", &c.id().to_string()])
+        .status();
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = c.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    false
+}
+
+/// Stops every node (SIGTERM; SIGINT for the second when `sigint`); each
+/// must exit by itself, say it cleaned the EAL up, and leave nothing
+/// behind.
+fn stop_clean_with(c: &mut Cluster, p: &Prefixes, which: &[usize], sigint: bool) {
     for &i in which {
         let n = &mut c.nodes[i];
-        let exited = n.proc.stop();
+        let exited = if sigint && i == 1 {
+            interrupt(n)
+        } else {
+            n.proc.stop()
+        };
         let log = n.proc.log_text();
-        assert!(exited, "{} did not stop on SIGTERM:\n{log}", n.id);
+        assert!(exited, "{} did not stop on its signal:\n{log}", n.id);
         assert!(
             log.contains("dpdk: EAL cleaned up"),
             "{} did not clean its EAL up:\n{log}",
@@ -201,6 +230,10 @@ fn stop_clean(c: &mut Cluster, p: &Prefixes, which: &[usize]) {
         );
     }
     p.assert_clean(which);
+}
+
+fn stop_clean(c: &mut Cluster, p: &Prefixes, which: &[usize]) {
+    stop_clean_with(c, p, which, false)
 }
 
 fn export(c: &Cluster, vol: &str) -> String {
@@ -234,7 +267,8 @@ fn rf2_over_memif_passes_fio_verify() {
         assert_eq!(counter(s, "bad_frames"), 0, "{s}");
         assert_eq!(counter(s, "peers_dead"), 0, "{s}");
     }
-    stop_clean(&mut c, &p, &[0, 1]);
+    // node1 by SIGTERM, node2 by SIGINT: both clean up.
+    stop_clean_with(&mut c, &p, &[0, 1], true);
 }
 
 /// `ip` inside the test, failing loudly.
