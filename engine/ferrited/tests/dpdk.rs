@@ -307,6 +307,24 @@ impl VethNetns {
     }
 }
 
+impl VethNetns {
+    /// The MAC address of end `i`.
+    fn mac(&self, i: usize) -> String {
+        let (ok, out) = run(Command::new("ip").args([
+            "-j",
+            "-n",
+            &self.ns[i],
+            "link",
+            "show",
+            "dev",
+            &self.ifs[i],
+        ]));
+        assert!(ok, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v[0]["address"].as_str().unwrap().to_string()
+    }
+}
+
 impl Drop for VethNetns {
     fn drop(&mut self) {
         for n in &self.ns {
@@ -320,12 +338,19 @@ fn rf2_over_af_packet_on_a_veth_pair_between_namespaces() {
     let veth = VethNetns::create();
     let mut p = Prefixes::new();
     let mut c = Cluster::start("dpdk-afp", 1);
+    // node1 knows node2 statically (IP and the MAC of node2's veth end);
+    // node2 finds node1 by ARP over the veth.
+    let peer = format!("--dpdk-peer=node2=10.78.0.2@{}", veth.mac(1));
     for i in 0..2 {
         let vdev = format!("net_af_packet0,iface={},qpairs=2", veth.ifs[i]);
         let e = eal(&p.add(&format!("n{}", i + 1)), &vdev);
         let ip = format!("--dpdk-ip=10.78.0.{}/24", i + 1);
         let ns = format!("--dpdk-netns={}", veth.ns[i]);
-        c.add_node_with(&[e.as_str(), ip.as_str(), ns.as_str()]);
+        let mut args = vec![e.as_str(), ip.as_str(), ns.as_str()];
+        if i == 0 {
+            args.push(peer.as_str());
+        }
+        c.add_node_with(&args);
     }
     wait_links(&c);
     c.volume("rf2", 2, "vol0", 128 * MIB);
@@ -340,15 +365,53 @@ fn rf2_over_af_packet_on_a_veth_pair_between_namespaces() {
     let uri = export(&c, "vol0");
     verify(&uri, "4k", "16m", &[], &c);
     verify(&uri, "128k", "32m", &[], &c);
-    let (s1, _) = assert_traffic_on_dpdk(&c);
-    // Resolved by ARP over the veth (no static peers given).
-    assert!(counter(&s1, "arp_requests") + counter(&s1, "arp_replies") > 0);
+    assert_traffic_on_dpdk(&c);
+    // node2 only answered so far (a session learns its peer's MAC from the
+    // peer's packets); round trips it starts itself make it resolve node1.
+    let a1 = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "node1")
+        .unwrap()["replica"]
+        .clone();
+    let b = c.node(1).rpc_ok(
+        "replica_bench",
+        json!({"address": a1, "size": 4096, "count": 200, "depth": 4}),
+    );
+    assert_eq!(b["count"], 200, "{b}");
+    let (s1, s2) = (dpdk_stats(c.node(0)), dpdk_stats(c.node(1)));
     assert_eq!(s1["ports"][0]["driver"], "net_af_packet", "{s1}");
+    // node1 used its static entry and never asked; node2 asked by ARP and
+    // node1 answered.
+    assert_eq!(counter(&s1, "arp_requests"), 0, "{s1}");
+    assert_eq!(s1["arp"][0]["static"], true, "{s1}");
+    assert_eq!(s1["arp"][0]["mac"], veth.mac(1), "{s1}");
+    assert!(counter(&s2, "arp_requests") > 0, "{s2}");
+    assert!(counter(&s1, "arp_replies") > 0, "{s1}");
+    assert_eq!(s2["arp"][0]["mac"], veth.mac(0), "{s2}");
     // The frames really crossed the veth: the kernel counted them.
-    let (ok, out) =
-        run(Command::new("ip").args(["-n", &veth.ns[1], "-s", "link", "show", &veth.ifs[1]]));
-    assert!(ok, "{out}");
-    eprintln!("{out}");
+    for i in 0..2 {
+        let (ok, out) = run(Command::new("ip").args([
+            "-j",
+            "-s",
+            "-n",
+            &veth.ns[i],
+            "link",
+            "show",
+            "dev",
+            &veth.ifs[i],
+        ]));
+        assert!(ok, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let st = &v[0]["stats64"];
+        let (rx, tx) = (
+            st["rx"]["packets"].as_u64().unwrap(),
+            st["tx"]["packets"].as_u64().unwrap(),
+        );
+        eprintln!("{}: kernel counted {rx} packets in, {tx} out", veth.ifs[i]);
+        assert!(rx > 1000 && tx > 1000, "{out}");
+    }
     stop_clean(&mut c, &p, &[0, 1]);
 }
 
