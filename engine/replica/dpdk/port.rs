@@ -108,6 +108,15 @@ pub fn setup(cfg: &DpdkConfig, reactors: usize) -> Result<Ports, String> {
             })?;
             port::tx_queue_setup(id, r as u16, cfg.tx_descs).map_err(|e| e.to_string())?;
         }
+        if cfg.mtu > 1500 && info.driver == "net_memif" {
+            // Seen with DPDK 22.11: frames chained over several of memif's
+            // default 2 KiB buffers made the receiver see packets again and
+            // again (a storm of duplicates); whole frames in one buffer work.
+            log::warn!(
+                "dpdk: {what}: --dpdk-mtu {} over memif needs the vdev's bsize= to hold a whole frame (e.g. bsize=16384)",
+                cfg.mtu
+            );
+        }
         if cfg.mtu > 1500 {
             // Drivers such as memif and af_packet report a 1518-byte frame
             // limit but carry what their link carries (af_packet: the
