@@ -227,7 +227,7 @@ fn cross_reactor_call_returns_a_value() {
     });
     assert_eq!((here, there), (0, 1));
     // From a plain thread too.
-    assert_eq!(rt.handle().call_on(1, || rt::current_reactor()), Some(1));
+    assert_eq!(rt.handle().call_on(1, rt::current_reactor), Some(1));
 }
 
 #[test]

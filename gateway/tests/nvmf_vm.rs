@@ -44,13 +44,13 @@ fn kernel_initiator_in_vm() {
             "no VM cache at {} (make vm-cache)",
             cache.display()
         ))
-    } else if let Some(b) = missing_bin {
-        Some(format!(
-            "no {b} in {} (cargo build --release --workspace --bins, or set FERRITE_BIN_DIR)",
-            bin_dir.display()
-        ))
     } else {
-        None
+        missing_bin.map(|b| {
+            format!(
+                "no {b} in {} (cargo build --release --workspace --bins, or set FERRITE_BIN_DIR)",
+                bin_dir.display()
+            )
+        })
     };
     if let Some(why) = missing {
         assert!(!required, "FERRITE_REQUIRE_VM=1 but {why}");

@@ -61,11 +61,12 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
     // overflow reporter for thread stacks), or fall back to the default action.
     // SAFETY: PREV_* were written once in `install` before this handler could run.
     let prev = unsafe {
-        if sig == libc::SIGSEGV {
-            (*(&raw const PREV_SEGV)).as_ref()
+        let slot = if sig == libc::SIGSEGV {
+            &raw const PREV_SEGV
         } else {
-            (*(&raw const PREV_BUS)).as_ref()
-        }
+            &raw const PREV_BUS
+        };
+        (*slot).as_ref()
     };
     match prev {
         Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {

@@ -487,14 +487,17 @@ thread_local! {
 }
 
 /// The calling reactor's queue pair on `ctrl`, set up on first use.
+/// A completion reaped from the shared queue: the op's index in its batch
+/// and the bounce buffer it used, if any.
+type SharedDone = (Slot<(usize, Option<Bounce>)>, Completion);
+
 fn reactor_queue(ctrl: &Arc<Controller>) -> io::Result<Rc<ReactorQueue>> {
     if let Some(q) = QUEUES.with(|m| m.borrow().get(&ctrl.id).cloned()) {
         return Ok(q);
     }
     let reactor = rt::current_reactor().unwrap_or(0);
     let qid = ctrl.alloc_qid().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::Other,
+        io::Error::other(
             format!(
                 "{}: no I/O queue left for reactor {reactor}: the controller granted {} (one is shared by non-reactor threads); use fewer reactors or a controller with more queues",
                 ctrl.name,
@@ -1049,11 +1052,7 @@ impl NvmeDevice {
         self.done(states)
     }
 
-    fn shared_complete(
-        &self,
-        states: &mut [OpState],
-        out: &mut Vec<(Slot<(usize, Option<Bounce>)>, Completion)>,
-    ) {
+    fn shared_complete(&self, states: &mut [OpState], out: &mut Vec<SharedDone>) {
         for (slot, cpl) in out.drain(..) {
             let (i, bounce) = slot.payload;
             let r = if cpl.status.ok() {
