@@ -638,6 +638,9 @@ pub struct NodeLease {
     pub lease_id: i64,
     /// Its TTL in seconds.
     pub ttl_secs: i64,
+    /// The node's gateway index (unique among nodes, stable; 0 from an
+    /// older meta).
+    pub gateway_index: u32,
 }
 
 /// The task that keeps a node registered; stops when dropped.
@@ -682,6 +685,7 @@ async fn keep_node(
             Ok(r) => NodeLease {
                 lease_id: r.lease_id,
                 ttl_secs: r.ttl_secs.max(1),
+                gateway_index: r.gateway_index,
             },
             Err(e) => {
                 log::warn!(

@@ -263,6 +263,11 @@ pub struct NodeRecord {
     /// node that goes down and registers again comes back draining.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drain: bool,
+    /// Unique among the node records (1, 2, ...; 0 in records written
+    /// before it existed, until the node registers again). Kept while the
+    /// record exists.
+    #[serde(default)]
+    pub gateway_index: u32,
 }
 
 impl NodeRecord {
@@ -472,6 +477,7 @@ mod tests {
             lease_id: 1,
             registered_unix_ms: 0,
             drain: false,
+            gateway_index: 1,
         };
         assert_eq!(n.available(), 70);
         n.capacity_free = 10;

@@ -551,6 +551,7 @@ fn unreachable_node(id: &str) -> NodeRecord {
         lease_id: 0,
         registered_unix_ms: 0,
         drain: false,
+        gateway_index: 0,
     }
 }
 
@@ -1077,6 +1078,23 @@ impl Meta for MetaService {
         for _ in 0..MAX_TXN_RETRIES {
             let key = keys::node(&req.id);
             let old = store.get::<NodeRecord>(&key).await.map_err(store_status)?;
+            let gateway_index = match old.as_ref().map(|o| o.value.gateway_index) {
+                Some(i) if i > 0 => i,
+                // The smallest index no other node holds. Registrations
+                // are serialised by the write lock, and a node's record
+                // is only removed by `RemoveNode`.
+                _ => {
+                    let taken: HashSet<u32> = store
+                        .list::<NodeRecord>(keys::NODES)
+                        .await
+                        .map_err(store_status)?
+                        .into_iter()
+                        .filter(|n| n.value.id != req.id)
+                        .map(|n| n.value.gateway_index)
+                        .collect();
+                    (1..).find(|i| !taken.contains(i)).unwrap_or(1)
+                }
+            };
             let rec = NodeRecord {
                 id: req.id.clone(),
                 gateway_address: addrs.gateway.clone(),
@@ -1098,6 +1116,7 @@ impl Meta for MetaService {
                 drain: old
                     .as_ref()
                     .is_some_and(|o| o.value.drain || o.value.state == NodeState::Draining),
+                gateway_index,
             };
             let mut txn = Txn::new(format!("register node '{}'", req.id));
             txn.expect(&key, old.as_ref().map(|o| o.mod_rev))
@@ -1128,6 +1147,7 @@ impl Meta for MetaService {
                 return Ok(Response::new(proto::RegisterNodeResponse {
                     lease_id,
                     ttl_secs: lease.ttl(),
+                    gateway_index,
                 }));
             }
         }

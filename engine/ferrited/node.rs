@@ -158,8 +158,9 @@ impl Node {
             volumes: volumes.clone(),
             nbd: nbd.clone(),
             store: store.clone(),
+            exports: std::sync::OnceLock::new(),
         });
-        ferrite_engine::cluster::rpc::register(&registry, link.clone(), events);
+        ferrite_engine::cluster::rpc::register(&registry, link.clone(), events.clone());
         ferrite_gateway::nbd::register_rpc(&registry, nbd.clone());
 
         // iSCSI: portal group 1 on --iscsi and initiator group 1 (any
@@ -195,6 +196,7 @@ impl Node {
             },
         );
         ferrite_gateway::nvmf::register_rpc(&registry, nvmf.clone());
+        let _ = events.exports.set((iscsi.clone(), nvmf.clone()));
         nvmf.create_transport(TransportOpts::default())
             .map_err(|e| format!("NVMe/TCP transport: {e}"))?;
         if let Some(a) = cfg.nvmf_discovery {
@@ -203,7 +205,15 @@ impl Node {
             log::info!("NVMe/TCP discovery on {a}");
         }
 
-        register_volume_export(&registry, cfg, nbd.clone(), iscsi.clone(), nvmf.clone());
+        let gateway_index = keeper.lease().map_or(0, |l| l.gateway_index);
+        register_volume_export(
+            &registry,
+            cfg,
+            gateway_index,
+            nbd.clone(),
+            iscsi.clone(),
+            nvmf.clone(),
+        );
 
         let metrics = Metrics::new();
         metrics::register_reactor_metrics(&metrics, handle.clone());
@@ -384,6 +394,9 @@ struct NodeEvents {
     volumes: Arc<VolumeClient>,
     nbd: Arc<NbdServer>,
     store: Arc<ChunkStore>,
+    /// The iSCSI and NVMe/TCP targets, set once they exist: a deleted
+    /// volume's `volume_export` target and subsystem go with it.
+    exports: std::sync::OnceLock<(Arc<IscsiTarget>, Arc<NvmfTarget>)>,
 }
 
 impl ClusterEvents for NodeEvents {
@@ -391,6 +404,20 @@ impl ClusterEvents for NodeEvents {
         for e in self.nbd.export_list() {
             if e.volume == name {
                 let _ = self.nbd.export_stop(&e.name);
+            }
+        }
+        if let Some((iscsi, nvmf)) = self.exports.get() {
+            let iqn = iscsi.full_name(name);
+            if iscsi.target_node(&iqn).is_some() {
+                if let Err(e) = iscsi.delete_target_node(&iqn) {
+                    log::warn!("volume {name} deleted: removing iSCSI target {iqn}: {e}");
+                }
+            }
+            let nqn = ferrite_gateway::nvmf::volume_nqn(name);
+            if nvmf.subsystem(&nqn).is_some() {
+                if let Err(e) = nvmf.delete_subsystem(&nqn) {
+                    log::warn!("volume {name} deleted: removing NVMe/TCP subsystem {nqn}: {e}");
+                }
             }
         }
         self.volumes.invalidate(name);
@@ -433,6 +460,7 @@ fn store_stats_json(store: &ChunkStore) -> Value {
 fn register_volume_export(
     registry: &Registry,
     cfg: &NodeConfig,
+    gateway_index: u32,
     nbd: Arc<NbdServer>,
     iscsi: Arc<IscsiTarget>,
     nvmf: Arc<NvmfTarget>,
@@ -453,9 +481,7 @@ fn register_volume_export(
         .nvmf_advertise
         .clone()
         .unwrap_or_else(|| cfg.advertise_host.clone());
-    // 15 disjoint ranges of 4096 ids, picked by node id.
-    let slot = fnv1a(cfg.node_id.as_bytes()) % 15;
-    let cntlid = (1 + slot as u16 * 0x1000, slot as u16 * 0x1000 + 0x0fff);
+    let cntlid = cntlid_range(gateway_index, &cfg.node_id);
     registry.register("volume_export", move |p| {
         let p: P = ferrite_engine::rpc::parse_params(p)?;
         let mut out = serde_json::Map::new();
@@ -508,6 +534,24 @@ fn register_volume_export(
         }
         Ok(Value::Object(out))
     });
+}
+
+/// This node's NVMe controller ids: 255 disjoint ranges of 256 ids (1..=256,
+/// 257..=512, ... up to 0xFF00, under the 0xFFEF the spec allows), picked by
+/// the gateway index meta gave the node, which no other registered node
+/// holds, so up to 255 gateways export a subsystem without a clash. An older
+/// meta gives no index (0): the node id's hash picks the range then, and
+/// two nodes may clash.
+fn cntlid_range(gateway_index: u32, node_id: &str) -> (u16, u16) {
+    let slot = if gateway_index > 0 {
+        (gateway_index - 1) % 255
+    } else {
+        log::warn!(
+            "node '{node_id}': meta gave no gateway index; NVMe controller ids by hash may clash with another node's"
+        );
+        fnv1a(node_id.as_bytes()) % 255
+    } as u16;
+    (1 + slot * 0x100, slot * 0x100 + 0x100)
 }
 
 /// FNV-1a: spreads node ids over the controller-id ranges.

@@ -586,3 +586,25 @@ async fn futures_join<T: Send + 'static>(tasks: Vec<tokio::task::JoinHandle<T>>)
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_indexes_are_unique_and_kept_across_registrations() {
+    let (_etcd, meta) = one_meta(MetaOpts::default());
+    let c = meta.client();
+    wait_leader(&c, Duration::from_secs(15)).await;
+    let mut first = Vec::new();
+    for id in ["g1", "g2", "g3"] {
+        first.push(
+            c.register_node(node(id, "", GIB))
+                .await
+                .unwrap()
+                .gateway_index,
+        );
+    }
+    let mut sorted = first.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![1, 2, 3], "indexes {first:?}");
+    // A node registering again (a restart) keeps its index.
+    let again = c.register_node(node("g2", "", GIB)).await.unwrap();
+    assert_eq!(again.gateway_index, first[1]);
+}

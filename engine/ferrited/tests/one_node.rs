@@ -219,6 +219,35 @@ fn clear_errors_for_bad_requests() {
     assert_eq!(e.0, -2, "{e:?}");
     let e = n.rpc("no_such_method", Value::Null).unwrap_err();
     assert_eq!(e.0, -32601);
+
+    // A deleted volume takes the exports `volume_export` made with it.
+    let out = n.rpc_ok("volume_export", json!({"name": "v"}));
+    let nqn = out["nvmf"]["nqn"]
+        .as_str()
+        .expect("NVMe/TCP export")
+        .to_string();
+    let iqn = out["iscsi"].as_str().expect("iSCSI export").to_string();
+    let subsystems = |n: &common::Node| -> Vec<String> {
+        n.rpc_ok("nvmf_get_subsystems", Value::Null)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["nqn"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let targets = |n: &common::Node| -> Vec<String> {
+        n.rpc_ok("iscsi_get_target_nodes", Value::Null)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(subsystems(n).contains(&nqn));
+    assert!(targets(n).contains(&iqn));
+    n.rpc_ok("volume_delete", json!({"name": "v"}));
+    assert!(!subsystems(n).contains(&nqn), "{nqn} outlived its volume");
+    assert!(!targets(n).contains(&iqn), "{iqn} outlived its volume");
 }
 
 #[test]
