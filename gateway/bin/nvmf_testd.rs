@@ -1,7 +1,7 @@
-//! `ferrite-nvmf-testd`: Ferrite's NVMe/TCP target serving test volumes,
-//! for the NVMe/TCP tests and `bench-nvmf` until `ferrited` hosts the
-//! target. Tests take an address, not this binary: any process serving the
-//! same subsystems passes them.
+//! `ferrite-nvmf-testd`: Ferrite's NVMe/TCP target alone, serving RAM or
+//! file volumes without etcd, meta or a store: for quick experiments with
+//! the target. The VM tests and `bench-nvmf` run against real `ferrited`
+//! nodes (hw-tests/nvmf/cluster.sh).
 //!
 //! Volumes: `--mem NAME:SIZE[:BS]` (RAM) and `--file NAME:PATH:SIZE[:BS]`
 //! (a file shared between processes: the multipath test's stand-in for a
