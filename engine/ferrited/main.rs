@@ -117,6 +117,11 @@ struct Args {
     /// `drop=R,dup=R,reorder=R[,seed=N]` (also FERRITE_DPDK_LOSS).
     #[arg(long)]
     dpdk_loss: Option<String>,
+    /// Bytes of each receive mbuf (headroom included), for tests: smaller
+    /// than a frame, the driver hands frames over as chained mbufs.
+    /// Default: a whole frame fits one.
+    #[arg(long, hide = true)]
+    dpdk_rx_mbuf_room: Option<u16>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -277,6 +282,7 @@ mod dpdk {
         }
         c.mtu = args.dpdk_mtu;
         c.netns = args.dpdk_netns.clone();
+        c.rx_mbuf_room = args.dpdk_rx_mbuf_room;
         let loss = args
             .dpdk_loss
             .clone()

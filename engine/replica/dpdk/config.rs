@@ -78,6 +78,43 @@ pub fn is_dpdk_addr(s: &str) -> bool {
     s.starts_with(SCHEME)
 }
 
+/// The value of `key` in the `--vdev` arguments of device `name` (the
+/// part of a `--vdev` before its first comma), from the EAL arguments as
+/// given: `--vdev=NAME,k=v,...` or `--vdev NAME,k=v,...`.
+pub fn vdev_arg(eal_args: &[String], name: &str, key: &str) -> Option<String> {
+    let mut it = eal_args.iter();
+    while let Some(a) = it.next() {
+        let spec = match a.strip_prefix("--vdev") {
+            Some(r) if r.starts_with('=') => &r[1..],
+            Some("") => match it.next() {
+                Some(n) => n.as_str(),
+                None => break,
+            },
+            _ => continue,
+        };
+        let mut parts = spec.split(',');
+        if parts.next() != Some(name) {
+            continue;
+        }
+        for kv in parts {
+            if let Some((k, v)) = kv.split_once('=') {
+                if k == key {
+                    return Some(v.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Bytes of one memif buffer for device `name`: its `bsize=`, or memif's
+/// default of 2048.
+pub fn memif_buffer_size(eal_args: &[String], name: &str) -> u32 {
+    vdev_arg(eal_args, name, "bsize")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048)
+}
+
 #[derive(Debug, Clone)]
 pub struct DpdkConfig {
     /// EAL arguments as given (`--dpdk-eal`); a unique `--file-prefix`,
@@ -102,6 +139,10 @@ pub struct DpdkConfig {
     pub idle_after: Duration,
     /// Mbufs per reactor pool; descriptors per queue.
     pub pool_mbufs: u32,
+    /// Bytes of the receive mbufs (headroom included) when they should be
+    /// smaller than a frame (tests of the chained receive path); `None`:
+    /// received frames fit one mbuf.
+    pub rx_mbuf_room: Option<u16>,
     pub rx_descs: u16,
     pub tx_descs: u16,
     /// Longest wait for one answer (as TCP's).
@@ -127,6 +168,7 @@ impl DpdkConfig {
             poll_idle: Duration::from_millis(5),
             idle_after: Duration::from_millis(50),
             pool_mbufs: 8191,
+            rx_mbuf_room: None,
             rx_descs: 1024,
             tx_descs: 1024,
             request_timeout: Duration::from_secs(10),
@@ -176,5 +218,26 @@ mod tests {
         assert_eq!(c.owner(7101, 2), Some(1));
         assert_eq!(c.owner(7102, 2), Some(0));
         assert_eq!(c.owner(7099, 2), None);
+    }
+
+    #[test]
+    fn vdev_arguments() {
+        let a: Vec<String> = [
+            "--no-pci",
+            "--vdev=net_memif0,role=server,bsize=16384,socket=/x",
+            "--vdev",
+            "net_memif1,role=client",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            vdev_arg(&a, "net_memif0", "role").as_deref(),
+            Some("server")
+        );
+        assert_eq!(memif_buffer_size(&a, "net_memif0"), 16384);
+        assert_eq!(memif_buffer_size(&a, "net_memif1"), 2048);
+        assert_eq!(vdev_arg(&a, "net_memif1", "bsize"), None);
+        assert_eq!(vdev_arg(&a, "net_memif", "role"), None);
     }
 }

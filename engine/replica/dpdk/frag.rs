@@ -114,11 +114,26 @@ impl Reassembly {
         off: u32,
         data: &[u8],
     ) -> Result<Added, FragError> {
+        self.add_parts(msg_id, msg_len, split, off, &[data])
+    }
+
+    /// [`Self::add`] for a piece that arrived in several parts (the
+    /// segments of a chained mbuf): each part is copied straight to its
+    /// place, so no byte is copied twice.
+    pub fn add_parts(
+        &mut self,
+        msg_id: u64,
+        msg_len: u32,
+        split: u32,
+        off: u32,
+        parts: &[&[u8]],
+    ) -> Result<Added, FragError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         if msg_len > MAX_FRAME
             || (split as usize) < HEADER_LEN
             || split > msg_len
-            || data.is_empty()
-            || off as u64 + data.len() as u64 > msg_len as u64
+            || len == 0
+            || off as u64 + len as u64 > msg_len as u64
         {
             return Err(FragError::BadLength);
         }
@@ -139,21 +154,24 @@ impl Reassembly {
             );
         }
         let p = self.partial.get_mut(&msg_id).expect("inserted above");
-        if p.msg_len != msg_len || p.split != split || p.got + data.len() > msg_len as usize {
+        if p.msg_len != msg_len || p.split != split || p.got + len > msg_len as usize {
             return Err(FragError::Inconsistent);
         }
-        let (off, split) = (off as usize, split as usize);
-        let mut done = 0;
-        if off < split {
-            let n = (split - off).min(data.len());
-            p.head[off..off + n].copy_from_slice(&data[..n]);
-            done = n;
+        let (mut off, split) = (off as usize, split as usize);
+        for data in parts {
+            let mut done = 0;
+            if off < split {
+                let n = (split - off).min(data.len());
+                p.head[off..off + n].copy_from_slice(&data[..n]);
+                done = n;
+            }
+            if done < data.len() {
+                let at = off + done - split;
+                p.payload[at..at + data.len() - done].copy_from_slice(&data[done..]);
+            }
+            off += data.len();
         }
-        if done < data.len() {
-            let at = off + done - split;
-            p.payload[at..at + data.len() - done].copy_from_slice(&data[done..]);
-        }
-        p.got += data.len();
+        p.got += len;
         if p.got < msg_len as usize {
             return Ok(Added::Incomplete);
         }
@@ -246,6 +264,44 @@ mod tests {
         let f = frame(m).unwrap();
         assert_eq!((f.header.request_id, &f.body[..]), (9, &b"body!"[..]));
         assert_eq!(f.payload, payload);
+    }
+
+    #[test]
+    fn pieces_in_parts_land_where_whole_pieces_do() {
+        let h = Header {
+            op: 2,
+            request_id: 5,
+            ..Default::default()
+        };
+        let payload: Vec<u8> = (0..9000u32).map(|i| (i * 13) as u8).collect();
+        let head = encode_head(h, b"b", &payload);
+        let head = &head[4..];
+        let msg_len = head.len() + payload.len();
+        let mut r = Reassembly::new(1 << 20);
+        let mut out = None;
+        // Pieces of 2500 bytes, each split in up to three parts at uneven
+        // places (one inside the head, empty parts too), as mbuf segments.
+        for (i, (off, len)) in pieces(msg_len, 2500).enumerate() {
+            let mut piece = vec![0u8; len];
+            copy_piece(head, &payload, off, &mut piece);
+            let a = (i * 37 + 3) % len;
+            let b = (a + 700).min(len);
+            let parts: [&[u8]; 4] = [&piece[..a], &[], &piece[a..b], &piece[b..]];
+            out = Some(
+                r.add_parts(7, msg_len as u32, head.len() as u32, off as u32, &parts)
+                    .unwrap(),
+            );
+        }
+        let Some(Added::Complete(m)) = out else {
+            panic!()
+        };
+        let f = frame(m).unwrap();
+        assert_eq!((f.header.request_id, &f.body[..]), (5, &b"b"[..]));
+        assert_eq!(f.payload, payload);
+        assert_eq!(
+            r.add_parts(8, 100, 64, 0, &[&[], &[]]),
+            Err(FragError::BadLength)
+        );
     }
 
     #[test]

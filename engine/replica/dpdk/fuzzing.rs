@@ -33,6 +33,10 @@ pub fn packet(data: &[u8]) {
 }
 
 fn one(s: &mut Session<Vec<u8>>, frame: &[u8], now: Instant) {
+    // As a chained mbuf is read: the headers from the first bytes with the
+    // whole length; it must agree with the parse of the whole frame.
+    let head = &frame[..frame.len().min(udp::L2_L4 + HDR_LEN)];
+    assert_eq!(udp::parse_head(head, frame.len()), udp::parse(frame));
     let payload = match udp::parse(frame) {
         Ok(L2::Udp(m)) => &frame[m.payload_off..m.payload_off + m.payload_len],
         Ok(L2::Arp { off, .. }) => {
@@ -46,7 +50,13 @@ fn one(s: &mut Session<Vec<u8>>, frame: &[u8], now: Instant) {
         return;
     };
     let body = &payload[HDR_LEN..HDR_LEN + h.len as usize];
-    let rx = s.on_packet(&h, body, now);
+    // Odd-length frames go in as parts (the segments of a chained mbuf).
+    let rx = if frame.len() % 2 == 1 && !body.is_empty() {
+        let a = frame[0] as usize % body.len();
+        s.on_packet_parts(&h, &[&body[..a], &body[a..]], now)
+    } else {
+        s.on_packet(&h, body, now)
+    };
     if let Some(m) = rx.delivered {
         let _ = frag::frame(m);
     }

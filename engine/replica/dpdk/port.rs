@@ -78,6 +78,21 @@ pub fn setup(cfg: &DpdkConfig, reactors: usize) -> Result<Ports, String> {
                 .map_err(|e| format!("reactor {r}: {e}"))?,
         );
     }
+    // Tests only (--dpdk-rx-mbuf-room): receive into smaller mbufs, from
+    // pools of their own, so that a driver chains frames larger than one
+    // of them. pools[r] stays reactor r's transmit pool; these come after.
+    let rx_room = cfg
+        .rx_mbuf_room
+        .filter(|&v| v as u32 >= PKTMBUF_HEADROOM + 256);
+    if let Some(rx_room) = rx_room {
+        log::warn!("dpdk: receiving into {rx_room}-byte mbufs (--dpdk-rx-mbuf-room)");
+        for r in 0..reactors {
+            pools.push(
+                Mempool::create(&format!("ferrite-rx{r}"), cfg.pool_mbufs, 0, rx_room, -1)
+                    .map_err(|e| format!("reactor {r}: {e}"))?,
+            );
+        }
+    }
     let mut ports = Vec::new();
     for (idx, &id) in ids.iter().enumerate() {
         let info = port::info(id).map_err(|e| e.to_string())?;
@@ -99,7 +114,8 @@ pub fn setup(cfg: &DpdkConfig, reactors: usize) -> Result<Ports, String> {
             },
         )
         .map_err(|e| e.to_string())?;
-        for (r, pool) in pools.iter().enumerate() {
+        for r in 0..reactors {
+            let pool = pools.get(reactors + r).unwrap_or(&pools[r]);
             port::rx_queue_setup(id, r as u16, cfg.rx_descs, pool).map_err(|e| {
                 format!(
                     "{what}: {e} (is --dpdk-mtu {} right for the device's frame size?)",
@@ -108,24 +124,42 @@ pub fn setup(cfg: &DpdkConfig, reactors: usize) -> Result<Ports, String> {
             })?;
             port::tx_queue_setup(id, r as u16, cfg.tx_descs).map_err(|e| e.to_string())?;
         }
-        if cfg.mtu > 1500 && info.driver == "net_memif" {
-            // Seen with DPDK 22.11: frames chained over several of memif's
-            // default 2 KiB buffers made the receiver see packets again and
-            // again (a storm of duplicates); whole frames in one buffer work.
-            log::warn!(
-                "dpdk: {what}: --dpdk-mtu {} over memif needs the vdev's bsize= to hold a whole frame (e.g. bsize=16384)",
-                cfg.mtu
-            );
+        let mut mtu = cfg.mtu;
+        if info.driver == "net_memif" {
+            // memif (DPDK 22.11, copy mode) carries a frame larger than one
+            // of its buffers as a chain of descriptors, and its transmit
+            // never clears the "chained" flag of a packet's first
+            // descriptor. A descriptor that once held the start of a chain
+            // keeps the flag when it is later reused for a one-descriptor
+            // packet: the receiver then joins that packet to the next one,
+            // or reads past the ring's tail and replays stale descriptors
+            // (millions of duplicate packets). So on memif a frame must
+            // fit one buffer: packets are capped at bsize.
+            let bsize = super::config::memif_buffer_size(&cfg.eal_args, &info.name);
+            let fits = bsize.saturating_sub(14).min(u16::MAX as u32) as u16;
+            if (mtu as u32) + 14 > bsize {
+                log::warn!(
+                    "dpdk: {what}: --dpdk-mtu {} does not fit one memif buffer (bsize={bsize}); \
+                     sending packets of at most {fits} bytes of IP (add bsize={} on both sides for {})",
+                    cfg.mtu,
+                    (cfg.mtu as u32 + 14).next_power_of_two(),
+                    cfg.mtu
+                );
+                mtu = fits;
+            }
         }
-        if cfg.mtu > 1500 {
+        if (mtu as usize) < L2_L4 - 14 + HDR_LEN + 64 {
+            return Err(format!("{what}: an MTU of {mtu} is too small"));
+        }
+        if mtu > 1500 {
             // Drivers such as memif and af_packet report a 1518-byte frame
             // limit but carry what their link carries (af_packet: the
             // interface's MTU, set with `ip link`). We size packets by
             // --dpdk-mtu; a driver that refuses is only logged.
-            if let Err(e) = port::set_mtu(id, cfg.mtu) {
+            if let Err(e) = port::set_mtu(id, mtu) {
                 log::info!(
                     "dpdk: {what}: {e}; sending {}-byte packets as --dpdk-mtu says",
-                    cfg.mtu
+                    mtu
                 );
             }
         }
@@ -150,15 +184,15 @@ pub fn setup(cfg: &DpdkConfig, reactors: usize) -> Result<Ports, String> {
             name: info.name.clone(),
             driver: info.driver.clone(),
             mac,
-            mtu: cfg.mtu,
-            data_cap: cfg.mtu as usize - (L2_L4 - 14) - HDR_LEN,
+            mtu,
+            data_cap: mtu as usize - (L2_L4 - 14) - HDR_LEN,
         };
         log::info!(
             "dpdk: {} up: driver {}, {} queue pairs, mtu {}, {} B per packet, {} mbufs of {} B per reactor",
             setup.describe(),
             info.driver,
             reactors,
-            cfg.mtu,
+            mtu,
             setup.data_cap,
             n,
             room

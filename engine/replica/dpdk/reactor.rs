@@ -485,7 +485,7 @@ impl ReactorNet {
                 work += n;
                 let t = *now.get_or_insert_with(Instant::now);
                 for m in pkts.drain(..) {
-                    self.on_frame(p, &m, t);
+                    self.on_frame(p, m, t);
                 }
             }
             *self.rx.borrow_mut() = pkts;
@@ -573,63 +573,93 @@ impl ReactorNet {
         work
     }
 
-    fn on_frame(self: &Rc<Self>, port: usize, m: &Mbuf, now: Instant) {
+    fn on_frame(self: &Rc<Self>, port: usize, m: Mbuf, now: Instant) {
         let st = stats(&self.shared);
         Stats::add(&st.rx_packets, 1);
         Stats::add(&st.rx_bytes, m.len() as u64);
-        let linear;
-        let data: &[u8] = if m.segment_count() > 1 {
-            let mut v = vec![0u8; m.len()];
-            m.read_at(0, &mut v);
-            linear = v;
-            &linear
-        } else {
-            m.data()
-        };
-        self.on_bytes(port, data, now);
+        if m.segment_count() > 1 {
+            bump(&st.rx_chained);
+        }
+        self.on_mbuf(port, m, now);
     }
 
-    /// A received Ethernet frame (from our queue, or steered to us).
-    fn on_bytes(self: &Rc<Self>, port: usize, data: &[u8], now: Instant) {
+    /// A received Ethernet frame (from our queue, or steered to us). A
+    /// chained mbuf is not linearised: its headers are read from the first
+    /// segment (or gathered, when they straddle segments, into a small
+    /// buffer on the stack), and a DATA piece is copied from each segment
+    /// straight into its message, so every payload byte is copied once.
+    fn on_mbuf(self: &Rc<Self>, port: usize, m: Mbuf, now: Instant) {
+        const HEAD: usize = L2_L4 + HDR_LEN;
         let st = stats(&self.shared);
-        match udp::parse(data) {
-            Err(udp::Drop::OtherEthertype) => bump(&st.ignored),
-            Err(_) => bump(&st.malformed),
-            Ok(L2::Arp { off, .. }) => self.on_arp(port, &data[off..]),
-            Ok(L2::Udp(meta)) => {
-                let our_mac = self.shared.ports[port].mac;
-                if meta.dst.ip != self.shared.cfg.ip
-                    || (meta.dst_mac != our_mac && meta.dst_mac != BROADCAST)
-                {
-                    bump(&st.ignored);
-                    return;
+        let mut gathered = [0u8; HEAD];
+        let first = m.data();
+        let chained = m.segment_count() > 1;
+        let head: &[u8] = if !chained || first.len() >= HEAD {
+            first
+        } else {
+            let n = m.read_at(0, &mut gathered);
+            &gathered[..n]
+        };
+        let meta = match udp::parse_head(head, m.len()) {
+            Err(udp::Drop::OtherEthertype) => return bump(&st.ignored),
+            Err(_) => return bump(&st.malformed),
+            Ok(L2::Arp { off, .. }) => return self.on_arp(port, &head[off..]),
+            Ok(L2::Udp(meta)) => meta,
+        };
+        let our_mac = self.shared.ports[port].mac;
+        if meta.dst.ip != self.shared.cfg.ip
+            || (meta.dst_mac != our_mac && meta.dst_mac != BROADCAST)
+        {
+            bump(&st.ignored);
+            return;
+        }
+        let Some(owner) = self.shared.cfg.owner(meta.dst.port, self.shared.reactors) else {
+            bump(&st.ignored);
+            return;
+        };
+        if owner != self.reactor {
+            // Another reactor's session: hand the mbuf over (not a copy).
+            bump(&st.steered);
+            self.shared.handle.post(owner, move || {
+                if let Some(n) = current() {
+                    n.on_mbuf(port, m, Instant::now());
+                    n.poll_after_steer();
                 }
-                let Some(owner) = self.shared.cfg.owner(meta.dst.port, self.shared.reactors) else {
-                    bump(&st.ignored);
-                    return;
-                };
-                if owner != self.reactor {
-                    // Another reactor's session: hand the bytes over.
-                    bump(&st.steered);
-                    let bytes = data.to_vec();
-                    self.shared.handle.post(owner, move || {
-                        if let Some(n) = current() {
-                            n.on_bytes(port, &bytes, Instant::now());
-                            n.poll_after_steer();
-                        }
-                    });
-                    return;
-                }
-                let end = meta.payload_off + meta.payload_len;
-                self.on_udp(
-                    port,
-                    meta.src_mac,
-                    meta.dst.port,
-                    meta.src,
-                    &data[meta.payload_off..end],
-                    now,
-                );
+            });
+            return;
+        }
+        // The wire header (from `head`); the UDP payload may be longer
+        // than `head` holds, never shorter than what is read of it.
+        let end = (meta.payload_off + meta.payload_len).min(head.len());
+        let payload = &head[meta.payload_off.min(end)..end];
+        let h = match WireHeader::decode(payload, meta.payload_len.saturating_sub(HDR_LEN)) {
+            Ok(h) => h,
+            Err(_) => {
+                bump(&st.malformed);
+                return;
             }
+        };
+        let off = meta.payload_off + HDR_LEN;
+        let len = h.len as usize;
+        if !chained {
+            let data = &first[off..off + len];
+            self.on_udp(
+                port,
+                meta.src_mac,
+                meta.dst.port,
+                meta.src,
+                &h,
+                &[data],
+                now,
+            );
+        } else {
+            let parts = byte_range(&m, off, len);
+            if parts.iter().map(|p| p.len()).sum::<usize>() != len {
+                // Segments shorter than the packet length says.
+                bump(&st.malformed);
+                return;
+            }
+            self.on_udp(port, meta.src_mac, meta.dst.port, meta.src, &h, &parts, now);
         }
     }
 
@@ -665,24 +695,18 @@ impl ReactorNet {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_udp(
         self: &Rc<Self>,
         port: usize,
         src_mac: Mac,
         local_port: u16,
         src: Endpoint,
-        payload: &[u8],
+        h: &WireHeader,
+        data: &[&[u8]],
         now: Instant,
     ) {
         let st = stats(&self.shared);
-        let h = match WireHeader::decode(payload, payload.len().saturating_sub(HDR_LEN)) {
-            Ok(h) => h,
-            Err(_) => {
-                bump(&st.malformed);
-                return;
-            }
-        };
-        let data = &payload[HDR_LEN..HDR_LEN + h.len as usize];
         let key = (local_port, src);
         // (Not in the match's scrutinee: the borrow would live through the
         // arms, and `session` inserts.)
@@ -703,7 +727,7 @@ impl ReactorNet {
         };
         // The peer's NIC may change (a replaced node keeps its IP).
         ps.mac.set(src_mac);
-        let rx = ps.s.borrow_mut().on_packet(&h, data, now);
+        let rx = ps.s.borrow_mut().on_packet_parts(h, data, now);
         if rx.duplicate {
             bump(&st.duplicates);
         }
@@ -966,4 +990,25 @@ fn governor(net: Rc<ReactorNet>) {
             }
         }
     }
+}
+
+/// Bytes `[off, off + len)` of a packet, as slices of its segments (no
+/// copy); fewer bytes if the packet is shorter.
+fn byte_range(m: &Mbuf, mut off: usize, len: usize) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut left = len;
+    for s in m.segments() {
+        if left == 0 {
+            break;
+        }
+        if off >= s.len() {
+            off -= s.len();
+            continue;
+        }
+        let n = (s.len() - off).min(left);
+        out.push(&s[off..off + n]);
+        left -= n;
+        off = 0;
+    }
+    out
 }

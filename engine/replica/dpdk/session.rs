@@ -371,6 +371,13 @@ impl<P: Retain> Session<P> {
 
     /// Handles a received packet (`data`: what follows its header).
     pub fn on_packet(&mut self, h: &WireHeader, data: &[u8], now: Instant) -> Rx<P> {
+        self.on_packet_parts(h, &[data], now)
+    }
+
+    /// [`Self::on_packet`] for a packet whose data arrived in several
+    /// parts (the segments of a chained mbuf), in order: a DATA piece is
+    /// copied from each part straight into its message.
+    pub fn on_packet_parts(&mut self, h: &WireHeader, parts: &[&[u8]], now: Instant) -> Rx<P> {
         let mut rx = Rx::default();
         if h.kind == Kind::Reset {
             if h.dst_epoch == self.local_epoch
@@ -402,20 +409,34 @@ impl<P: Retain> Session<P> {
         }
         self.last_heard = now;
         if h.dst_epoch == self.local_epoch {
-            let sack = if h.kind == Kind::Ack { data } else { &[][..] };
+            // The selective-ack bitmap is small: gathered when in parts.
+            let mut buf = [0u8; SACK_BYTES];
+            let sack: &[u8] = match (h.kind, parts) {
+                (Kind::Ack, [one]) => one,
+                (Kind::Ack, _) => {
+                    let mut n = 0;
+                    for p in parts {
+                        let k = p.len().min(SACK_BYTES - n);
+                        buf[n..n + k].copy_from_slice(&p[..k]);
+                        n += k;
+                    }
+                    &buf[..n]
+                }
+                _ => &[],
+            };
             self.on_ack(h.ack, h.window, sack, now, &mut rx);
         }
         match h.kind {
             Kind::Ack => {
                 rx.ack_now = h.flags & FLAG_ACK_REQ != 0;
             }
-            Kind::Data => self.on_data(h, data, &mut rx),
+            Kind::Data => self.on_data(h, parts, &mut rx),
             Kind::Reset => {}
         }
         rx
     }
 
-    fn on_data(&mut self, h: &WireHeader, data: &[u8], rx: &mut Rx<P>) {
+    fn on_data(&mut self, h: &WireHeader, parts: &[&[u8]], rx: &mut Rx<P>) {
         self.ack_due = true;
         let d = h.seq.wrapping_sub(self.rcv_nxt);
         if (d as i32) < 0 || self.bit(h.seq) {
@@ -428,7 +449,7 @@ impl<P: Retain> Session<P> {
         }
         match self
             .reasm
-            .add(h.msg_id, h.msg_len, h.split, h.frag_off, data)
+            .add_parts(h.msg_id, h.msg_len, h.split, h.frag_off, parts)
         {
             Ok(Added::NoRoom) => return,
             Ok(Added::Incomplete) => {}
@@ -610,7 +631,14 @@ mod tests {
         out: &mut Vec<Pkt>,
     ) {
         let h = WireHeader::decode(p, p.len() - HDR_LEN).unwrap();
-        let rx = s.on_packet(&h, &p[HDR_LEN..HDR_LEN + h.len as usize], now);
+        let data = &p[HDR_LEN..HDR_LEN + h.len as usize];
+        // Every third packet in three parts, as a chained mbuf gives it.
+        let rx = if h.seq % 3 == 0 || (h.kind == Kind::Ack && h.ack % 3 == 0) {
+            let (a, b) = (data.len() / 3, 2 * data.len() / 3);
+            s.on_packet_parts(&h, &[&data[..a], &data[a..b], &data[b..]], now)
+        } else {
+            s.on_packet(&h, data, now)
+        };
         if let Some(m) = rx.delivered {
             got.push([m.head, m.payload].concat());
         }

@@ -31,6 +31,7 @@ counters! {
     tx_bytes: "Bytes handed to the driver",
     rx_packets: "Packets received from the driver",
     rx_bytes: "Bytes received from the driver",
+    rx_chained: "Packets received as chained (multi-segment) mbufs",
     frames_sent: "Replica frames sent (requests and answers)",
     frames_received: "Replica frames received complete and intact",
     requests_served: "Requests handed to the replica service",

@@ -142,9 +142,18 @@ pub fn write_udp_headers(
 
 /// Classifies and checks a received Ethernet frame.
 pub fn parse(pkt: &[u8]) -> Result<L2, Drop> {
-    if pkt.len() < ETH_HDR {
+    parse_head(pkt, pkt.len())
+}
+
+/// [`parse`] from the frame's first bytes `head` (at least [`L2_L4`] of
+/// them, or the whole frame when shorter) and its whole length `pkt_len`:
+/// for a frame whose bytes lie in several buffers.
+pub fn parse_head(head: &[u8], pkt_len: usize) -> Result<L2, Drop> {
+    let pkt_len = pkt_len.max(head.len());
+    if pkt_len < ETH_HDR || head.len() < ETH_HDR {
         return Err(Drop::Short);
     }
+    let pkt = head;
     let mut dst_mac = [0u8; 6];
     let mut src_mac = [0u8; 6];
     dst_mac.copy_from_slice(&pkt[0..6]);
@@ -159,10 +168,11 @@ pub fn parse(pkt: &[u8]) -> Result<L2, Drop> {
         ETHERTYPE_IPV4 => {}
         _ => return Err(Drop::OtherEthertype),
     }
-    let ip = &pkt[ETH_HDR..];
-    if ip.len() < IPV4_HDR {
+    let ip_len = pkt_len - ETH_HDR;
+    if ip_len < IPV4_HDR || head.len() < ETH_HDR + IPV4_HDR {
         return Err(Drop::Short);
     }
+    let ip = &pkt[ETH_HDR..];
     if ip[0] != 0x45 {
         // Not version 4, or options we do not send.
         return Err(Drop::BadIpHeader);
@@ -170,7 +180,7 @@ pub fn parse(pkt: &[u8]) -> Result<L2, Drop> {
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     // Shorter frames than the IP length are truncated; longer ones are padded
     // (Ethernet's 60-byte minimum).
-    if total < IPV4_HDR + UDP_HDR || total > ip.len() {
+    if total < IPV4_HDR + UDP_HDR || total > ip_len || head.len() < L2_L4 {
         return Err(Drop::BadIpHeader);
     }
     if ip_checksum(&ip[..IPV4_HDR]) != 0 {
@@ -185,9 +195,9 @@ pub fn parse(pkt: &[u8]) -> Result<L2, Drop> {
     }
     let src_ip = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
     let dst_ip = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let udp = &ip[IPV4_HDR..total];
+    let udp = &ip[IPV4_HDR..IPV4_HDR + UDP_HDR];
     let ulen = u16::from_be_bytes([udp[4], udp[5]]) as usize;
-    if ulen < UDP_HDR || ulen > udp.len() {
+    if ulen < UDP_HDR || ulen > total - IPV4_HDR {
         return Err(Drop::BadUdpLength);
     }
     Ok(L2::Udp(UdpMeta {
@@ -234,6 +244,10 @@ mod tests {
         assert_eq!(parse(&bad), Err(Drop::IpChecksum));
         assert_eq!(parse(&p[..30]), Err(Drop::Short));
         assert_eq!(parse(&p[..40]), Err(Drop::BadIpHeader));
+        // From the first bytes and the length, as for a chained mbuf.
+        assert_eq!(parse_head(&p[..L2_L4], p.len()), parse(&p));
+        assert_eq!(parse_head(&p[..L2_L4], L2_L4 + 4), Err(Drop::BadIpHeader));
+        assert_eq!(parse_head(&p[..30], p.len()), Err(Drop::Short));
         assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
         assert_eq!(parse_mac("02:00:00"), None);
         assert_eq!(mac_to_string(&[2, 0, 0, 0, 0, 10]), "02:00:00:00:00:0a");
