@@ -57,7 +57,8 @@ pub use timer::{sleep, sleep_async, sleep_until, Sleep};
 pub enum PollMode {
     /// Never sleep: lowest latency, one core always at 100 %.
     Busy,
-    /// Spin for `adaptive_spin` after the last work, then sleep until a
+    /// Spin for `adaptive_spin` after the last work, yielding the core to
+    /// any other runnable thread on every idle iteration, then sleep until a
     /// message, timer, socket or poller wakes the reactor.
     Adaptive,
 }
