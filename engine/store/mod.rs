@@ -181,6 +181,35 @@ fn open_devices(
         .collect()
 }
 
+/// Writes zeros over `len` bytes at `offset` (both multiples of 4 KiB),
+/// 1 MiB per request, 32 requests per submission; no flush (the format's
+/// metadata flush follows).
+fn zero_fill(dev: &Arc<dyn BlockDevice>, offset: u64, len: u64) -> Result<(), StoreError> {
+    const CHUNK: u64 = 1 << 20;
+    let full = Arc::new(DmaBuf::zeroed(CHUNK as usize));
+    let mut ops = Vec::new();
+    let mut off = offset;
+    let end = offset + len;
+    while off < end {
+        let n = CHUNK.min(end - off);
+        let buf = if n == CHUNK {
+            full.clone()
+        } else {
+            Arc::new(DmaBuf::zeroed(n as usize))
+        };
+        ops.push(IoOp::Write {
+            fua: false,
+            offset: off,
+            buf,
+        });
+        off += n;
+        if ops.len() == 32 || off >= end {
+            dev_io(dev, std::mem::take(&mut ops))?;
+        }
+    }
+    Ok(())
+}
+
 fn dev_io(dev: &Arc<dyn BlockDevice>, ops: Vec<IoOp>) -> Result<Vec<IoOp>, StoreError> {
     let mut out = Vec::new();
     for d in dev.submit(ops) {
@@ -369,6 +398,16 @@ impl ChunkStore {
             ckpt_start,
             data_start: if i == 0 { data0 } else { align },
         };
+        // On a regular file the journal regions are holes until first
+        // written, and every group commit into a hole makes the file system
+        // allocate blocks and commit its own journal at the batch's flush:
+        // 4 KiB QD1 writes took about twice as long (~290 us against ~155
+        // us at p50 on ext4) until each journal had wrapped once. Writing
+        // the regions once here makes journal writes plain overwrites from
+        // the start. (Zeros are no valid journal header.)
+        if std::fs::metadata(&devices[0]).is_ok_and(|m| m.file_type().is_file()) {
+            zero_fill(&devs[0], journal_start * BS, w * jb * BS)?;
+        }
         // Metadata first, superblocks last: a format cut short leaves no
         // valid superblock behind.
         let sb0 = sb_of(0, &devs[0]);
