@@ -1,6 +1,7 @@
 //! `ferrited`: the Ferrite node daemon: chunk server and access gateway on
 //! one set of pinned reactors.
 
+mod exports;
 mod node;
 
 use clap::Parser;
@@ -192,6 +193,7 @@ fn run(args: Args) -> Result<(), String> {
         io_timeout: Duration::from_secs(args.io_timeout_secs),
         advertise_host: args.advertise.clone(),
         nvmf_advertise: args.nvmf_advertise.clone(),
+        data_dir: args.data_dir.clone(),
     };
     let dpdk_cfg = dpdk::config(&args)?;
 

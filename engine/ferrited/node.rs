@@ -21,6 +21,8 @@ use ferrite_gateway::nbd::NbdServer;
 use ferrite_gateway::nvmf::{ExportOpts, ListenAddress, NvmfTarget, TargetConfig, TransportOpts};
 use ferrite_meta::client::NodeKeeper;
 use ferrite_meta::proto;
+
+use crate::exports::{Fronts, SavedExports};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::net::SocketAddr;
@@ -51,6 +53,9 @@ pub struct NodeConfig {
     /// What NVMe/TCP discovery entries say instead of a listener's bound
     /// address (`--nvmf-advertise`).
     pub nvmf_advertise: Option<String>,
+    /// `--data-dir`: where node state lives when the device is a block
+    /// device (the saved exports).
+    pub data_dir: PathBuf,
 }
 
 /// A running node.
@@ -74,6 +79,11 @@ pub struct Node {
 impl Node {
     pub fn start(cfg: &NodeConfig, handle: Handle, net: crate::dpdk::Net) -> Result<Self, String> {
         let store = open_store(cfg, &handle)?;
+        let saved = Arc::new(SavedExports::load(SavedExports::path_for(
+            &cfg.devices[0],
+            &cfg.data_dir,
+            &cfg.node_id,
+        )));
         let (total, free) = store.capacity();
         log::info!(
             "store open on {:?}: {} MiB total, {} MiB free",
@@ -159,6 +169,7 @@ impl Node {
             nbd: nbd.clone(),
             store: store.clone(),
             exports: std::sync::OnceLock::new(),
+            saved: saved.clone(),
         });
         ferrite_engine::cluster::rpc::register(&registry, link.clone(), events.clone());
         ferrite_gateway::nbd::register_rpc(&registry, nbd.clone());
@@ -210,6 +221,7 @@ impl Node {
             &registry,
             cfg,
             gateway_index,
+            saved.clone(),
             nbd.clone(),
             iscsi.clone(),
             nvmf.clone(),
@@ -242,6 +254,7 @@ impl Node {
             ),
             None => None,
         };
+        restore_exports(&handle, &registry, &saved);
         let rpc = RpcServer::start(&handle, 0, &cfg.rpc_socket, registry.clone())
             .map_err(|e| format!("RPC socket {}: {e}", cfg.rpc_socket.display()))?;
 
@@ -397,6 +410,7 @@ struct NodeEvents {
     /// The iSCSI and NVMe/TCP targets, set once they exist: a deleted
     /// volume's `volume_export` target and subsystem go with it.
     exports: std::sync::OnceLock<(Arc<IscsiTarget>, Arc<NvmfTarget>)>,
+    saved: Arc<SavedExports>,
 }
 
 impl ClusterEvents for NodeEvents {
@@ -420,6 +434,7 @@ impl ClusterEvents for NodeEvents {
                 }
             }
         }
+        self.saved.remove(name);
         self.volumes.invalidate(name);
         for e in extents
             .iter()
@@ -461,6 +476,7 @@ fn register_volume_export(
     registry: &Registry,
     cfg: &NodeConfig,
     gateway_index: u32,
+    saved: Arc<SavedExports>,
     nbd: Arc<NbdServer>,
     iscsi: Arc<IscsiTarget>,
     nvmf: Arc<NvmfTarget>,
@@ -532,7 +548,39 @@ fn register_volume_export(
                 json!({"nqn": nqn, "traddr": advertise, "trsvcid": a.port()}),
             );
         }
+        saved.add(
+            &p.name,
+            Fronts {
+                nbd: p.nbd,
+                iscsi: p.iscsi,
+                nvmf: p.nvmf,
+            },
+        );
         Ok(Value::Object(out))
+    });
+}
+
+/// Exports again, from a coroutine on reactor 0, the volumes this node
+/// exported before it stopped. A volume deleted meanwhile is forgotten;
+/// any other failure is logged and the entry kept for the next start.
+fn restore_exports(handle: &Handle, registry: &Arc<Registry>, saved: &Arc<SavedExports>) {
+    let list = saved.list();
+    if list.is_empty() {
+        return;
+    }
+    let (registry, saved) = (registry.clone(), saved.clone());
+    handle.spawn_on(0, move || {
+        for (name, f) in list {
+            let params = json!({"name": name, "nbd": f.nbd, "iscsi": f.iscsi, "nvmf": f.nvmf});
+            match registry.call("volume_export", Some(params)) {
+                Ok(_) => log::info!("exported volume {name} again (saved export)"),
+                Err(e) if e.code == -2 => {
+                    log::info!("saved export of volume {name}: the volume is gone; forgetting it");
+                    saved.remove(&name);
+                }
+                Err(e) => log::warn!("saved export of volume {name}: {}", e.message),
+            }
+        }
     });
 }
 

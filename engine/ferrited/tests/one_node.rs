@@ -275,8 +275,8 @@ fn data_survives_sigkill_of_ferrited_and_meta_fails_over() {
     let mut c = Cluster::start("restart", 2);
     c.add_node();
     c.volume("pool0", 1, "vol0", 64 * MIB);
-    c.node(0)
-        .rpc_ok("nbd_export_start", json!({"volume": "vol0"}));
+    let exported = c.node(0).rpc_ok("volume_export", json!({"name": "vol0"}));
+    let nqn = exported["nvmf"]["nqn"].as_str().unwrap().to_string();
     let (ok, out) = run(Command::new("qemu-io").args([
         "-f",
         "raw",
@@ -285,10 +285,22 @@ fn data_survives_sigkill_of_ferrited_and_meta_fails_over() {
         &c.node(0).nbd_uri("vol0"),
     ]));
     assert!(ok && !out.contains("failed"), "{out}");
-    // Kill -9 the node: writes were acknowledged, so they are durable.
+    // Kill -9 the node: writes were acknowledged, so they are durable, and
+    // the restarted node exports vol0 again by itself (saved exports).
     c.restart_node(0);
-    c.node(0)
-        .rpc_ok("nbd_export_start", json!({"volume": "vol0"}));
+    let restored = (0..100).any(|_| {
+        let nbd = c.node(0).rpc_ok("nbd_export_list", Value::Null).to_string();
+        let nvmf = c
+            .node(0)
+            .rpc_ok("nvmf_get_subsystems", Value::Null)
+            .to_string();
+        let done = nbd.contains("vol0") && nvmf.contains(&nqn);
+        if !done {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done
+    });
+    assert!(restored, "the restarted node did not export vol0 again");
     let (ok, out) = run(Command::new("qemu-io").args([
         "-f",
         "raw",
