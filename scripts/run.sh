@@ -36,7 +36,10 @@ stop_all() {
   done
   log "stopped; data kept under $RUN"
 }
-trap stop_all INT TERM EXIT
+# Ctrl-C and SIGTERM stop everything and end the script there (0: a stop
+# asked for is no failure); any other exit stops everything too.
+trap 'stop_all; exit 0' INT TERM
+trap stop_all EXIT
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
