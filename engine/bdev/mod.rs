@@ -99,6 +99,24 @@ impl IoOp {
         }
     }
 
+    /// The data buffers of the request as `(address, length)`, in order:
+    /// what a device that does its own DMA (NVMe, SPDK) hands the hardware.
+    pub fn buffers(&self) -> Vec<(usize, usize)> {
+        match self {
+            IoOp::Read { buf, .. } => vec![(buf.as_ptr() as usize, buf.len())],
+            IoOp::Write { buf, .. } => vec![(buf.as_ptr() as usize, buf.len())],
+            IoOp::Readv { bufs, .. } => bufs
+                .iter()
+                .map(|b| (b.as_ptr() as usize, b.len()))
+                .collect(),
+            IoOp::Writev { bufs, .. } => bufs
+                .iter()
+                .map(|b| (b.as_ptr() as usize, b.len()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The byte range the request touches, if any.
     pub fn range(&self) -> Option<(u64, u64)> {
         match self {

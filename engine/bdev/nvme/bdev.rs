@@ -75,28 +75,11 @@ struct OpState {
     err: Option<io::Error>,
 }
 
-/// The data buffers of a request as `(address, length)`.
-fn buffers(op: &IoOp) -> Vec<(usize, usize)> {
-    match op {
-        IoOp::Read { buf, .. } => vec![(buf.as_ptr() as usize, buf.len())],
-        IoOp::Write { buf, .. } => vec![(buf.as_ptr() as usize, buf.len())],
-        IoOp::Readv { bufs, .. } => bufs
-            .iter()
-            .map(|b| (b.as_ptr() as usize, b.len()))
-            .collect(),
-        IoOp::Writev { bufs, .. } => bufs
-            .iter()
-            .map(|b| (b.as_ptr() as usize, b.len()))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// Calls `f(buffer index, offset in it, length, offset in the range)` for
 /// the request's bytes `[off, off+len)`.
 fn walk(op: &IoOp, off: usize, len: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
     let mut pos = 0usize;
-    for (i, (_, blen)) in buffers(op).into_iter().enumerate() {
+    for (i, (_, blen)) in op.buffers().into_iter().enumerate() {
         let (s, e) = (pos.max(off), (pos + blen).min(off + len));
         if s < e {
             f(i, s - pos, e - s, s - off);
@@ -308,7 +291,7 @@ impl NvmeDevice {
                     None
                 } else {
                     self.ctrl.arena.as_ref().and_then(|a| {
-                        let bufs = buffers(op);
+                        let bufs = op.buffers();
                         let mut ok = true;
                         walk(op, plan.data_off, plan.data_len, |i, o, n, _| {
                             ok &= a.pieces(bufs[i].0 + o, n, &mut pieces);

@@ -198,22 +198,6 @@ struct Group {
     waker: RefCell<Option<Waker>>,
 }
 
-fn iov(op: &IoOp) -> Vec<(usize, usize)> {
-    match op {
-        IoOp::Read { buf, .. } => vec![(buf.as_ptr() as usize, buf.len())],
-        IoOp::Write { buf, .. } => vec![(buf.as_ptr() as usize, buf.len())],
-        IoOp::Readv { bufs, .. } => bufs
-            .iter()
-            .map(|b| (b.as_ptr() as usize, b.len()))
-            .collect(),
-        IoOp::Writev { bufs, .. } => bufs
-            .iter()
-            .map(|b| (b.as_ptr() as usize, b.len()))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 fn in_arena(v: &[(usize, usize)]) -> bool {
     match dma::arena_range() {
         Some((base, len)) => v.iter().all(|&(a, l)| a >= base && a + l <= base + len),
@@ -290,7 +274,7 @@ impl SpdkDevice {
                 g.results.borrow_mut()[i] = Some(Err(e));
                 continue;
             }
-            let v = iov(op);
+            let v = op.buffers();
             if !in_arena(&v) {
                 g.results.borrow_mut()[i] = Some(Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -499,10 +483,11 @@ fn run_on_app(
         let prepared = {
             let s = &mut *b.borrow_mut();
             let op = &s.ops[i];
+            let bufs = op.buffers();
             if let Err(e) = check_op(&s.info, op) {
                 s.results[i] = Some(Err(e));
                 None
-            } else if !in_arena(&iov(op)) {
+            } else if !in_arena(&bufs) {
                 s.results[i] = Some(Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
@@ -515,7 +500,7 @@ fn run_on_app(
                 let (kind, off, len, fua) = op_kind(op, s.info.size);
                 s.left += 1;
                 s.fua |= fua;
-                Some((kind, off, len, iov(op)))
+                Some((kind, off, len, bufs))
             }
         };
         let Some((kind, off, len, v)) = prepared else {
