@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 
-from benchlib import ROOT, Procs, cpu_seconds, fio, peak_rss_mib, rpc
+from benchlib import ROOT, Procs, peak_rss_mib, rpc, run_jobs
 
 RUNTIME = int(os.environ.get("RUNTIME", "10"))
 SIZE = 1 << 30
@@ -23,21 +23,6 @@ JOBS = [
     ("randread_4k_qd1", "randread", "4k", 1),
     ("randread_4k_qd32", "randread", "4k", 32),
 ]
-
-
-def total_cpu(pids):
-    return sum(cpu_seconds(p) for p in pids)
-
-
-def run_jobs(label, uri, pids):
-    res = {}
-    for name, rw, bs, qd in JOBS:
-        c0 = total_cpu(pids)
-        r = fio(uri, rw, bs, qd, SIZE, RUNTIME)
-        r["cpu_s"] = total_cpu(pids) - c0
-        res[name] = r
-        print(f"  {label:4} {name:18} {r['iops']:9.0f} IOPS {r['mbps']:8.1f} MB/s  p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:9.1f} us  cpu {r['cpu_s']:5.2f} s", flush=True)
-    return res
 
 
 def healthy(sock, vol, rf, gone):
@@ -62,8 +47,8 @@ def main():
         pids = [p.pid for p, _, _ in nodes] + [meta_proc.pid]
         nbd = nodes[0][2]
         print(f"Cluster benchmark: 3 ferrited (2 adaptive reactors each) + ferrite-meta + etcd on one machine; fio nbd via node1, {RUNTIME}s per job")
-        rf3 = run_jobs("RF3", f"nbd://127.0.0.1:{nbd}/v3", pids)
-        rf1 = run_jobs("RF1", f"nbd://127.0.0.1:{nbd}/v1", pids)
+        rf3 = run_jobs("RF3", f"nbd://127.0.0.1:{nbd}/v3", pids, JOBS, SIZE, RUNTIME)
+        rf1 = run_jobs("RF1", f"nbd://127.0.0.1:{nbd}/v1", pids, JOBS, SIZE, RUNTIME)
         rss = sum(peak_rss_mib(p) for p in pids)
 
         # Re-replication: v3 was written by the sequential job; a fourth

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 
-from benchlib import ROOT, Procs, cpu_seconds, fio, free_port, peak_rss_mib, rpc, wait_port
+from benchlib import ROOT, Procs, free_port, peak_rss_mib, rpc, run_jobs, wait_port
 
 RUNTIME = int(os.environ.get("RUNTIME", "10"))
 SIZE = 1 << 30
@@ -30,17 +30,6 @@ JOBS = [
     ("randread_4k_qd1", "randread", "4k", 1),
     ("randread_4k_qd32", "randread", "4k", 32),
 ]
-
-
-def run_jobs(label, uri, pid):
-    res = {}
-    for name, rw, bs, qd in JOBS:
-        c0 = cpu_seconds(pid)
-        r = fio(uri, rw, bs, qd, SIZE, RUNTIME)
-        r["cpu_s"] = cpu_seconds(pid) - c0
-        res[name] = r
-        print(f"  {label:9} {name:18} {r['iops']:10.0f} IOPS {r['mbps']:8.1f} MB/s  p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us  cpu {r['cpu_s']:5.2f} s", flush=True)
-    return res
 
 
 def main():
@@ -70,11 +59,11 @@ def main():
         print(f"NBD benchmark: fio nbd engine, {RUNTIME}s per job, 1 GiB volume/files on the same filesystem")
         print("  ferrite: ferrited, 2 adaptive reactors, one node, 1 replica, durable on ack")
         print("  qemu-nbd (directsync): durable on ack, the like-for-like peer; qemu-nbd (none): not durable on ack")
-        fer = run_jobs("ferrite", f"nbd://127.0.0.1:{nbd}/vol0", node.pid)
+        fer = run_jobs("ferrite", f"nbd://127.0.0.1:{nbd}/vol0", [node.pid], JOBS, SIZE, RUNTIME)
         qemu, quri = qemu_nbd("directsync")
-        qn = run_jobs("qemu-ds", quri, qemu.pid)
+        qn = run_jobs("qemu-ds", quri, [qemu.pid], JOBS, SIZE, RUNTIME)
         qemu_none, quri_none = qemu_nbd("none")
-        qnone = run_jobs("qemu-none", quri_none, qemu_none.pid)
+        qnone = run_jobs("qemu-none", quri_none, [qemu_none.pid], JOBS, SIZE, RUNTIME)
         fer_rss, qn_rss = peak_rss_mib(node.pid), peak_rss_mib(qemu.pid)
         st = rpc(sock, "store_get_stats")
         print(f"  peak RSS: ferrited {fer_rss:.0f} MiB, qemu-nbd {qn_rss:.0f} MiB; store write amplification {st['write_amplification']:.2f}")

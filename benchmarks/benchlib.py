@@ -60,6 +60,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
 
 
+def run_jobs(label, uri, pids, jobs, size, runtime):
+    """Runs each (name, rw, bs, iodepth) of `jobs` with fio against `uri`;
+    a result per name, with the CPU seconds the processes `pids` spent on it
+    as `cpu_s`. Prints a line per job."""
+    res = {}
+    for name, rw, bs, qd in jobs:
+        c0 = sum(cpu_seconds(p) for p in pids)
+        r = fio(uri, rw, bs, qd, size, runtime)
+        r["cpu_s"] = sum(cpu_seconds(p) for p in pids) - c0
+        res[name] = r
+        print(f"  {label:9} {name:18} {r['iops']:10.0f} IOPS {r['mbps']:8.1f} MB/s  p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:9.1f} us  cpu {r['cpu_s']:5.2f} s", flush=True)
+    return res
+
+
 def peak_rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
