@@ -249,7 +249,7 @@ fn main() {
             ));
         }
         notes.push(format!(
-            "run {run} store totals: {} held writes merged into {} device writes, {} batches, {} flushes, {} checkpoints, journal {} MiB, home {} MiB, direct {} MiB, checkpoints {} MiB, checksum errors {}",
+            "run {run} store totals: {} held writes merged into {} device writes, {} batches, {} flushes, {} checkpoints, journal {} MiB, home {} MiB ({} MiB relocated), direct {} MiB, checkpoints {} MiB, checksum errors {}",
             stats.held_writes,
             stats.merged_writes,
             stats.batches,
@@ -257,6 +257,7 @@ fn main() {
             stats.checkpoints,
             stats.journal_bytes >> 20,
             stats.home_bytes >> 20,
+            (stats.relocated_blocks * K4) >> 20,
             stats.direct_bytes >> 20,
             stats.checkpoint_bytes >> 20,
             stats.checksum_errors
@@ -341,7 +342,7 @@ fn store_run(
     seq_mb: u64,
 ) -> (Phase, Phase, Phase, StoreStats) {
     let opts = StoreOptions {
-        workers: 2,
+        workers: env_u64("FERRITE_BENCH_WORKERS", 2) as usize,
         journal_size: 128 << 20,
         backend: Backend::Uring,
         wipe: true,

@@ -82,6 +82,10 @@ pub struct StoreOptions {
     /// Quarantined (freed, not yet reusable) bytes per worker that trigger
     /// a checkpoint (default 256 MiB).
     pub quarantine_max: u64,
+    /// Write journaled blocks home to newly allocated, contiguous blocks
+    /// (their mapping journaled) instead of in place, while at least an
+    /// eighth of the store is free (default true).
+    pub relocate_home: bool,
 }
 
 impl Default for StoreOptions {
@@ -98,6 +102,7 @@ impl Default for StoreOptions {
             hold_timeout: Duration::from_micros(200),
             max_batch_bytes: 4 << 20,
             quarantine_max: 256 << 20,
+            relocate_home: true,
         }
     }
 }
@@ -141,6 +146,8 @@ pub struct StoreStats {
     /// writes they were merged into.
     pub held_writes: u64,
     pub merged_writes: u64,
+    /// Journaled blocks written home to new blocks instead of in place.
+    pub relocated_blocks: u64,
     /// Journaled blocks not yet home, quarantined blocks, journal blocks in use.
     pub dirty_blocks: u64,
     pub quarantined_blocks: u64,
@@ -540,6 +547,7 @@ impl ChunkStore {
             checkpoints: AtomicU64::new(0),
             held_writes: AtomicU64::new(0),
             merged_writes: AtomicU64::new(0),
+            relocated_blocks: AtomicU64::new(0),
             workers: OnceLock::new(),
             flush_gates: (0..devs.len()).map(|_| Default::default()).collect(),
             journal_writes: std::sync::atomic::AtomicUsize::new(0),
@@ -756,6 +764,7 @@ impl ChunkStore {
             checkpoints: l(&sh.checkpoints),
             held_writes: l(&sh.held_writes),
             merged_writes: l(&sh.merged_writes),
+            relocated_blocks: l(&sh.relocated_blocks),
             ..Default::default()
         };
         for w in &self.inner.workers {

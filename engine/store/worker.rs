@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     /// Writes held in a stream buffer, and the merged writes they became.
     pub held_writes: AtomicU64,
     pub merged_writes: AtomicU64,
+    /// Journaled blocks whose home write went to new, contiguous blocks.
+    pub relocated_blocks: AtomicU64,
     /// The workers, for reclaiming space across them.
     pub workers: std::sync::OnceLock<Vec<std::sync::Weak<Worker>>>,
     /// One per device: shares flushes between concurrent callers.
@@ -278,7 +280,20 @@ pub(crate) enum OpKind {
         lblock: u64,
         count: u64,
     },
+    /// The home writer copied durable journaled blocks to new blocks: map
+    /// each one there if it is still the current version (see
+    /// `home_writer`). Spans extents, so the op's `id` is unused. `taken`
+    /// is set when the committer takes the op; it declines it when the
+    /// journal has no room (a checkpoint may be waiting for these very
+    /// blocks), and the home writer then writes them in place.
+    Relocate {
+        items: Vec<Relocation>,
+        taken: Arc<AtomicBool>,
+    },
 }
+
+/// One block moved by the home writer: (block key, version, new home).
+type Relocation = ((u64, u64), u64, Pba);
 
 pub(crate) struct PendingOp {
     pub id: u64,
@@ -1057,6 +1072,17 @@ impl Worker {
                 .pending
                 .front()
                 .is_some_and(|op| op_blocks(op, 0) <= limit);
+            if !fits
+                && matches!(
+                    st.pending.front().map(|op| &op.kind),
+                    Some(OpKind::Relocate { .. })
+                )
+            {
+                let op = st.pending.pop_front().expect("front exists");
+                drop(st);
+                self.decline_relocation(op);
+                continue;
+            }
             if !fits {
                 if used == 0 {
                     // Cannot happen with sane options: one operation larger
@@ -1142,6 +1168,10 @@ impl Worker {
             data_blocks += d;
             record_bytes += r;
             let op = st.pending.pop_front().expect("front exists");
+            if matches!(op.kind, OpKind::Relocate { .. }) {
+                self.take_relocation(st, op, &mut b);
+                continue;
+            }
             match self.resolve(st, op) {
                 Ok((recs, bufs, done)) => {
                     let mut at = 0;
@@ -1224,6 +1254,7 @@ impl Worker {
                 }
                 Ok((vec![Record::Unmap { id, lblock, count }], vec![], op.done))
             }
+            OpKind::Relocate { .. } => unreachable!("take_batch handles relocations"),
             OpKind::Map { lblock, runs, crcs } => {
                 if missing(st) {
                     self.sh.free_runs(&runs);
@@ -1367,6 +1398,75 @@ impl Worker {
         }
     }
 
+    /// Adds a relocation to the batch: every block still at the version the
+    /// home writer copied is mapped to its new home (one `Map` record per run
+    /// of neighbours) and its old home is freed once the batch is durable.
+    /// The dirty-cache entries stay until the home writer sees the batch
+    /// durable: a checkpoint must not count these blocks as home before
+    /// their mapping is. A block written, unmapped or deleted since it was
+    /// copied keeps its newer state, and its copy is freed at once (no
+    /// record points to it).
+    fn take_relocation(&self, st: &mut WState, op: PendingOp, b: &mut Batch) {
+        let OpKind::Relocate { items, taken } = op.kind else {
+            unreachable!("only relocations come here");
+        };
+        taken.store(true, Ordering::Release);
+        let mut recs: Vec<Record> = Vec::new();
+        let mut stale = Vec::new();
+        for (key, version, new) in items {
+            let current = st
+                .cache
+                .get(&key)
+                .is_some_and(|d| d.version == version && d.durable);
+            let Some(x) = st.extents.get(&key.0).filter(|_| current) else {
+                stale.push(new);
+                continue;
+            };
+            let crc = x.get(key.1).crc;
+            if let Some(d) = st.cache.get_mut(&key) {
+                d.pba = new;
+            }
+            if let Some(Record::Map {
+                id,
+                lblock,
+                pba,
+                crcs,
+            }) = recs.last_mut()
+            {
+                let n = crcs.len() as u64;
+                if *id == key.0 && *lblock + n == key.1 && pba.plus(n) == new {
+                    crcs.push(crc);
+                    continue;
+                }
+            }
+            recs.push(Record::Map {
+                id: key.0,
+                lblock: key.1,
+                pba: new,
+                crcs: vec![crc],
+            });
+        }
+        if !stale.is_empty() {
+            let mut a = self.sh.alloc();
+            stale.into_iter().for_each(|p| a.free(p));
+        }
+        for r in &recs {
+            r.apply(&mut st.extents, &mut |p| b.freed.push(p));
+        }
+        b.records.extend(recs);
+        b.done.extend(op.done);
+    }
+
+    /// Gives a relocation back untaken (no journal room for its records):
+    /// its new blocks are freed and the home writer writes in place.
+    fn decline_relocation(&self, op: PendingOp) {
+        if let OpKind::Relocate { items, .. } = &op.kind {
+            let mut a = self.sh.alloc();
+            items.iter().for_each(|&(_, _, p)| a.free(p));
+        }
+        op.done.iter().for_each(|c| c.complete(Ok(())));
+    }
+
     /// Writes a batch (and a skip header before it if needed) and flushes.
     fn write_batch(
         &self,
@@ -1479,37 +1579,10 @@ impl Worker {
                 self.home_ev.wait();
                 continue;
             }
-            picked.sort_by_key(|p| p.2);
-            let mut per_dev: Vec<Vec<IoOp>> =
-                (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
-            let mut i = 0;
-            while i < picked.len() {
-                // Merge blocks that are consecutive on the device.
-                let start = picked[i].2;
-                let mut bufs = vec![picked[i].3.clone()];
-                let mut j = i + 1;
-                while j < picked.len()
-                    && picked[j].2 == start.plus((j - i) as u64)
-                    && bufs.len() < 256
-                {
-                    bufs.push(picked[j].3.clone());
-                    j += 1;
-                }
-                per_dev[start.device()].push(IoOp::Writev {
-                    fua: false,
-                    offset: start.block() * BS,
-                    bufs,
-                });
-                i = j;
-            }
-            let mut result = Ok(());
-            for (d, ops) in per_dev.into_iter().enumerate() {
-                if !ops.is_empty() {
-                    if let Err(e) = self.sh.run_ops(d, ops) {
-                        result = Err(e);
-                    }
-                }
-            }
+            let result = match self.relocate(&mut picked) {
+                Some(r) => r,
+                None => self.write_in_place(&mut picked),
+            };
             self.sh
                 .home_bytes
                 .fetch_add(picked.len() as u64 * BS, Ordering::Relaxed);
@@ -1535,6 +1608,119 @@ impl Worker {
             }
             self.home_done_ev.set();
         }
+    }
+
+    /// Writes a round of home writes to newly allocated, contiguous blocks
+    /// in logical order (one large sequential write instead of many small
+    /// random ones, which on a shared device is what slows group commits),
+    /// then commits their new mapping ahead of other queued operations and
+    /// waits until it is durable. Returns `None` when the round should be
+    /// written in place instead: relocation is off, free space is short
+    /// (relocation frees the old blocks only at the next checkpoint), the
+    /// store is stopping, or the committer declined it for lack of journal
+    /// room.
+    fn relocate(&self, picked: &mut [HomeWrite]) -> Option<Result<(), StoreError>> {
+        if !self.sh.opts.relocate_home {
+            return None;
+        }
+        let n = picked.len() as u64;
+        let runs = {
+            let mut a = self.sh.alloc();
+            if a.free_blocks() < n + a.total_blocks() / 8 {
+                return None;
+            }
+            a.alloc(n)?
+        };
+        picked.sort_by_key(|p| p.0);
+        let mut per_dev: Vec<Vec<IoOp>> = (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
+        let mut items: Vec<Relocation> = Vec::with_capacity(picked.len());
+        let mut i = 0usize;
+        for &(p, cnt) in &runs {
+            let mut k = 0u64;
+            for part in picked[i..i + cnt as usize].chunks(256) {
+                per_dev[p.device()].push(IoOp::Writev {
+                    fua: false,
+                    offset: p.plus(k).block() * BS,
+                    bufs: part.iter().map(|h| h.3.clone()).collect(),
+                });
+                for (j, h) in part.iter().enumerate() {
+                    items.push((h.0, h.1, p.plus(k + j as u64)));
+                }
+                k += part.len() as u64;
+            }
+            i += cnt as usize;
+        }
+        for (d, ops) in per_dev.into_iter().enumerate() {
+            if ops.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.sh.run_ops(d, ops) {
+                self.sh.free_runs(&runs);
+                return Some(Err(e));
+            }
+        }
+        let taken = Arc::new(AtomicBool::new(false));
+        let c = Completion::new();
+        {
+            let mut st = self.st();
+            if st.stop {
+                // The committer may already be gone.
+                drop(st);
+                self.sh.free_runs(&runs);
+                return None;
+            }
+            st.pending.push_front(PendingOp {
+                id: 0,
+                kind: OpKind::Relocate {
+                    items,
+                    taken: taken.clone(),
+                },
+                done: vec![c.clone()],
+            });
+        }
+        self.commit_ev.set();
+        if let Err(e) = c.wait() {
+            return Some(Err(e));
+        }
+        if !taken.load(Ordering::Acquire) {
+            return None;
+        }
+        self.sh.relocated_blocks.fetch_add(n, Ordering::Relaxed);
+        Some(Ok(()))
+    }
+
+    /// Writes a round of home writes in place, sorted, merging blocks that
+    /// are consecutive on the device.
+    fn write_in_place(&self, picked: &mut [HomeWrite]) -> Result<(), StoreError> {
+        picked.sort_by_key(|p| p.2);
+        let mut per_dev: Vec<Vec<IoOp>> = (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
+        let mut i = 0;
+        while i < picked.len() {
+            // Merge blocks that are consecutive on the device.
+            let start = picked[i].2;
+            let mut bufs = vec![picked[i].3.clone()];
+            let mut j = i + 1;
+            while j < picked.len() && picked[j].2 == start.plus((j - i) as u64) && bufs.len() < 256
+            {
+                bufs.push(picked[j].3.clone());
+                j += 1;
+            }
+            per_dev[start.device()].push(IoOp::Writev {
+                fua: false,
+                offset: start.block() * BS,
+                bufs,
+            });
+            i = j;
+        }
+        let mut result = Ok(());
+        for (d, ops) in per_dev.into_iter().enumerate() {
+            if !ops.is_empty() {
+                if let Err(e) = self.sh.run_ops(d, ops) {
+                    result = Err(e);
+                }
+            }
+        }
+        result
     }
 
     // ----- the checkpointer --------------------------------------------------
@@ -1671,6 +1857,8 @@ fn op_cost(op: &PendingOp) -> (u64, u64) {
     match &op.kind {
         OpKind::JWrite { bufs, .. } => (bufs.len() as u64, 32 + 12 * bufs.len() as u64),
         OpKind::Map { runs, crcs, .. } => (0, 40 * runs.len() as u64 + 4 * crcs.len() as u64),
+        // At most one Map record per block (neighbours share one).
+        OpKind::Relocate { items, .. } => (0, 40 * items.len() as u64),
         _ => (0, 40),
     }
 }

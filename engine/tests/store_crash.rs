@@ -207,6 +207,17 @@ fn child(dir: &Path) {
             }
         }));
     }
+    // How many home writes went to new blocks so far (the parent checks
+    // that kills land while relocations happen).
+    {
+        let (s, log) = (store.clone(), log.clone());
+        std::thread::spawn(move || {
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+                log.line(format!("R {}", s.stats().relocated_blocks));
+            }
+        });
+    }
     for j in joins {
         let _ = j.join();
     }
@@ -388,6 +399,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
     let mut next_seq = 1u64;
     let mut rng = Rng(0x5eed_1234 ^ std::process::id() as u64);
     let (mut total_blocks, mut total_torn, mut total_acks, mut early_kills) = (0, 0, 0, 0);
+    let mut relocated = 0u64;
     let n = cycles();
     for cycle in 0..n {
         std::fs::write(dir.join("next_seq"), next_seq.to_string()).unwrap();
@@ -424,6 +436,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
         let log = std::fs::read_to_string(dir.join("log")).unwrap();
         let new_lines: Vec<String> = log[log_offset..].lines().map(str::to_string).collect();
         log_offset = log.len();
+        let mut cycle_relocated = 0u64;
         for l in &new_lines {
             if let Some(s) = l.strip_prefix("S ") {
                 let seq: u64 = s.split_whitespace().next().unwrap().parse().unwrap();
@@ -431,6 +444,9 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
             }
             if l.starts_with("A ") {
                 total_acks += 1;
+            }
+            if let Some(r) = l.strip_prefix("R ") {
+                cycle_relocated = cycle_relocated.max(r.parse().unwrap_or(0));
             }
         }
         let runtime = Runtime::new(Config::for_tests(2)).unwrap();
@@ -444,6 +460,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
             (c, t, b)
         });
         baseline = b;
+        relocated += cycle_relocated;
         assert_eq!(store.stats().checksum_errors, 0);
         total_blocks += checked;
         total_torn += torn;
@@ -454,8 +471,13 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
     }
     eprintln!(
         "crash test: {n} SIGKILL cycles ({early_kills} during open), {total_acks} acknowledged ops, \
-         {total_blocks} blocks verified, {total_torn} in-flight writes checked for tearing"
+         {total_blocks} blocks verified, {total_torn} in-flight writes checked for tearing, \
+         at least {relocated} blocks relocated home before the kills"
     );
     assert!(total_acks > 0);
+    assert!(
+        relocated > 0,
+        "home writes must have been relocated in some cycle"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,8 +44,9 @@ struct Model {
     extents: HashMap<u64, (u64, HashMap<u64, u64>)>,
 }
 
-fn opts(backend: Backend) -> StoreOptions {
+fn opts(backend: Backend, relocate_home: bool) -> StoreOptions {
     StoreOptions {
+        relocate_home,
         workers: 2,
         journal_size: 1 << 20,
         extent_size_max: EXT,
@@ -94,8 +95,9 @@ fn check_all(store: &ChunkStore, m: &Model) {
     }
 }
 
-fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize) {
-    let o = opts(backend);
+/// `relocate`: home writes go to new blocks (the default) or in place.
+fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, relocate: bool) {
+    let o = opts(backend, relocate);
     ChunkStore::format(
         &devs,
         &StoreOptions {
@@ -109,7 +111,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize) {
     let mut seedgen = seed.wrapping_mul(1000);
     let mut runtime = Runtime::new(Config::for_tests(2)).unwrap();
     let mut store = ChunkStore::open(&devs, &o, &runtime.handle()).unwrap();
-    let (mut reopens, mut crashes, mut ckpts, mut held) = (0, 0, 0, 0);
+    let (mut reopens, mut crashes, mut ckpts, mut held, mut moved) = (0, 0, 0, 0, 0);
     for step in 0..steps {
         let ids: Vec<u64> = m.extents.keys().copied().collect();
         let pick = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize];
@@ -221,6 +223,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize) {
             86 => {
                 ckpts += store.stats().checkpoints;
                 held += store.stats().held_writes;
+                moved += store.stats().relocated_blocks;
                 store.close().unwrap();
                 store = ChunkStore::open(&devs, &o, &runtime.handle()).unwrap();
                 reopens += 1;
@@ -230,6 +233,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize) {
                 // Crash: no close, the runtime goes away under the store.
                 ckpts += store.stats().checkpoints;
                 held += store.stats().held_writes;
+                moved += store.stats().relocated_blocks;
                 drop(store);
                 drop(runtime);
                 runtime = Runtime::new(Config::for_tests(2)).unwrap();
@@ -246,23 +250,36 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize) {
     assert_eq!(s.checksum_errors, 0);
     ckpts += s.checkpoints;
     held += s.held_writes;
+    moved += s.relocated_blocks;
+    if relocate {
+        assert!(moved > 0, "home writes must have been relocated");
+    } else {
+        assert_eq!(moved, 0, "relocation is off: home writes go in place");
+    }
     assert!(
         held > 0,
         "concurrent adjacent writes must have been held and merged"
     );
     assert!(ckpts > 0, "the small journal must have forced checkpoints");
     eprintln!(
-        "model ({backend:?}, seed {seed}): {steps} steps, {reopens} reopens, {crashes} crash reopens, {ckpts} checkpoints while running, {held} writes held and merged"
+        "model ({backend:?}, seed {seed}): {steps} steps, {reopens} reopens, {crashes} crash reopens, {ckpts} checkpoints while running, {held} writes held and merged, {moved} blocks relocated home"
     );
     store.close().unwrap();
 }
 
 #[test]
 fn model_on_malloc() {
+    // Seed 2 writes home in place; the others relocate (the default).
     for seed in [1u64, 2] {
         let name = format!("store-model-{seed}");
         malloc::create(&name, 48 << 20);
-        run_model(Backend::Malloc, vec![PathBuf::from(&name)], seed, 700);
+        run_model(
+            Backend::Malloc,
+            vec![PathBuf::from(&name)],
+            seed,
+            700,
+            seed != 2,
+        );
         malloc::remove(&name);
     }
 }
@@ -279,7 +296,7 @@ fn model_on_uring_two_devices() {
             p
         })
         .collect();
-    run_model(Backend::Uring, devs.clone(), 3, 500);
+    run_model(Backend::Uring, devs.clone(), 3, 500, true);
     for p in devs {
         let _ = std::fs::remove_file(p);
     }
