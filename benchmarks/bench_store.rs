@@ -341,8 +341,14 @@ fn store_run(
     working_mb: u64,
     seq_mb: u64,
 ) -> (Phase, Phase, Phase, StoreStats) {
+    // One reactor by default: on this 2-core machine the other core does the
+    // kernel's share of the I/O (completions, file system), as it does for
+    // fio's single job thread; FERRITE_BENCH_REACTORS=2 for two.
+    let reactors = env_u64("FERRITE_BENCH_REACTORS", 1) as usize;
+    // One worker (journal) per reactor, as ferrited opens its store;
+    // FERRITE_BENCH_WORKERS to try others.
     let opts = StoreOptions {
-        workers: env_u64("FERRITE_BENCH_WORKERS", 2) as usize,
+        workers: env_u64("FERRITE_BENCH_WORKERS", reactors as u64) as usize,
         journal_size: 128 << 20,
         backend: Backend::Uring,
         wipe: true,
@@ -360,10 +366,6 @@ fn store_run(
         _ => PollMode::Adaptive,
     };
     let spin_us = env_u64("FERRITE_BENCH_SPIN_US", 200);
-    // One reactor by default: on this 2-core machine the other core does the
-    // kernel's share of the I/O (completions, file system), as it does for
-    // fio's single job thread; FERRITE_BENCH_REACTORS=2 for two.
-    let reactors = env_u64("FERRITE_BENCH_REACTORS", 1) as usize;
     let rt = Runtime::new(Config {
         poll_mode,
         adaptive_spin: Duration::from_micros(spin_us),
