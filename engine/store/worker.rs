@@ -413,6 +413,11 @@ impl Worker {
         self.sh.sb.journal_blocks
     }
 
+    /// The most journal blocks one batch may take.
+    fn max_batch_blocks(&self) -> u64 {
+        (self.sh.opts.max_batch_bytes / BS).clamp(16, self.jblocks() / 2)
+    }
+
     /// Device-0 byte offset of journal position `lpos`.
     fn jphys(&self, lpos: u64) -> u64 {
         (self.sh.sb.journal_of(self.id) + lpos % self.jblocks()) * BS
@@ -613,7 +618,7 @@ impl Worker {
             bufs.push(Arc::new(DmaBuf::copy_from(chunk)));
         }
         let r = match mode {
-            WriteMode::Journal => self.journal_write(id, lblock, bufs, crcs),
+            WriteMode::Journal => self.journal_write(id, lblock, bufs, crcs, Vec::new()),
             WriteMode::Direct => self.direct_write(id, lblock, bufs, crcs, Vec::new()),
             WriteMode::Hold => self.hold_write(id, lblock, bufs, crcs),
         };
@@ -645,12 +650,15 @@ impl Worker {
         })
     }
 
+    /// Journals a write; completes `extra` waiters (held writes) with the
+    /// same outcome once it is committed.
     fn journal_write(
         &self,
         id: u64,
         lblock: u64,
         bufs: Vec<Arc<DmaBuf>>,
         crcs: Vec<u32>,
+        extra: Vec<Arc<Completion>>,
     ) -> Result<(), StoreError> {
         let unmapped = {
             let st = self.st();
@@ -675,7 +683,7 @@ impl Worker {
                 crcs,
                 reserved,
             },
-            done: Vec::new(),
+            done: extra,
         })
     }
 
@@ -706,7 +714,18 @@ impl Worker {
         extra: Vec<Arc<Completion>>,
     ) -> Result<(), StoreError> {
         let n = bufs.len() as u64;
-        let runs = self.allocate(id, n)?;
+        let runs = match self.allocate(id, n) {
+            Ok(runs) => runs,
+            // A full store still takes overwrites: through the journal only
+            // the blocks not mapped yet need space, and the write stays
+            // atomic as long as it fits in one batch.
+            Err(StoreError::NoSpace { .. })
+                if op_blocks_total(n, 32 + 12 * n) <= self.max_batch_blocks() =>
+            {
+                return self.journal_write(id, lblock, bufs, crcs, extra);
+            }
+            Err(e) => return Err(e),
+        };
         let mut per_dev: Vec<Vec<IoOp>> = (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
         let mut i = 0usize;
         for &(p, cnt) in &runs {
@@ -1013,7 +1032,7 @@ impl Worker {
     // ----- the committer -----------------------------------------------------
 
     fn committer(self: &Arc<Self>) {
-        let max_batch = (self.sh.opts.max_batch_bytes / BS).clamp(16, self.jblocks() / 2);
+        let max_batch = self.max_batch_blocks();
         loop {
             self.commit_ev.reset();
             let mut st = self.st();

@@ -165,6 +165,17 @@ fn full_device_fails_with_no_space_and_keeps_data() {
     let mut b = vec![0u8; 255 * K4];
     store.read(2, K4 as u64, &mut b).unwrap();
     assert_eq!(&b[..], &keep[K4..]);
+    // So do large ones, which normally go to new blocks: on a full store
+    // they are journaled and written in place.
+    let big = pattern(5, 64 * K4);
+    store.write(2, 64 * K4 as u64, &big).unwrap();
+    let mut b = vec![0u8; 256 * K4];
+    store.read(2, 0, &mut b).unwrap();
+    assert_eq!(&b[K4..64 * K4], &keep[K4..64 * K4]);
+    assert_eq!(&b[64 * K4..128 * K4], &big[..]);
+    assert_eq!(&b[128 * K4..], &keep[128 * K4..]);
+    let e = store.write(1, written, &chunk).unwrap_err();
+    assert!(matches!(e, StoreError::NoSpace { .. }), "{e:?}");
     let mut b = vec![0u8; written as usize];
     store.read(1, 0, &mut b).unwrap();
     assert!(b.chunks(chunk.len()).all(|c| c == &chunk[..]));
