@@ -207,8 +207,8 @@ fn main() {
         eprintln!("fio not found (apt-get install fio): raw figures skipped");
     }
     dma::configure(256 << 20);
-    let mut raw_runs: Vec<[f64; 4]> = Vec::new();
-    let mut store_runs: Vec<[f64; 5]> = Vec::new();
+    let mut raw_runs: Vec<[f64; 5]> = Vec::new();
+    let mut store_runs: Vec<[f64; 6]> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     for run in 0..runs {
         if !no_raw {
@@ -230,14 +230,21 @@ fn main() {
                 &["--fdatasync=32"],
             )
             .map_or(f64::NAN, |v| v.0);
-            raw_runs.push([rw, rr, sw, rw_sync]);
+            let sr = fio(&file, "seqread", "read", "128k", working_mb, 0)
+                .map_or(f64::NAN, |v| v.1 / 1e6);
+            raw_runs.push([rw, rr, sw, rw_sync, sr]);
         }
-        let (rw, rr, sw, stats) = store_run(&file, secs, working_mb, seq_mb);
+        let (rw, rr, sw, sr, stats) = store_run(&file, secs, working_mb, seq_mb);
         let iops = |p: &Phase| p.ops as f64 / p.secs;
         let mbps = |p: &Phase| p.bytes as f64 / p.secs / 1e6;
         let wa = |p: &Phase| p.dev_written as f64 / p.user_written.max(1) as f64;
-        store_runs.push([iops(&rw), iops(&rr), mbps(&sw), wa(&rw), wa(&sw)]);
-        for (name, p) in [("randwrite", &rw), ("randread", &rr), ("seqwrite", &sw)] {
+        store_runs.push([iops(&rw), iops(&rr), mbps(&sw), wa(&rw), wa(&sw), mbps(&sr)]);
+        for (name, p) in [
+            ("randwrite", &rw),
+            ("randread", &rr),
+            ("seqwrite", &sw),
+            ("seqread", &sr),
+        ] {
             notes.push(format!(
                 "run {run} store {name}: {} ops in {:.1} s, {} journal batches ({:.1} ops each), {} flushes, {:.0}% CPU (of 200%)",
                 p.ops,
@@ -263,7 +270,7 @@ fn main() {
             stats.checksum_errors
         ));
     }
-    let med = |i: usize, v: &Vec<[f64; 5]>| median(v.iter().map(|r| r[i]).collect());
+    let med = |i: usize, v: &Vec<[f64; 6]>| median(v.iter().map(|r| r[i]).collect());
     let rawmed = |i: usize| -> Option<f64> {
         (!raw_runs.is_empty()).then(|| {
             median(
@@ -275,14 +282,16 @@ fn main() {
             )
         })
     };
-    let (s_rw, s_rr, s_sw, wa_rw, wa_sw) = (
+    let (s_rw, s_rr, s_sw, wa_rw, wa_sw, s_sr) = (
         med(0, &store_runs),
         med(1, &store_runs),
         med(2, &store_runs),
         med(3, &store_runs),
         med(4, &store_runs),
+        med(5, &store_runs),
     );
-    let (r_rw, r_rr, r_sw, r_rw_sync) = (rawmed(0), rawmed(1), rawmed(2), rawmed(3));
+    let (r_rw, r_rr, r_sw, r_rw_sync, r_sr) =
+        (rawmed(0), rawmed(1), rawmed(2), rawmed(3), rawmed(4));
     let pct =
         |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.0}%", 100.0 * a / b));
     let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.0}"));
@@ -310,6 +319,11 @@ fn main() {
         show(r_rw_sync),
         pct(s_rw, r_rw_sync)
     );
+    println!(
+        "| 128k seqread qd32 of the randomly written working set (MB/s) | {s_sr:.0} | {} | {} | |",
+        show(r_sr),
+        pct(s_sr, r_sr)
+    );
     for n in &notes {
         println!("{n}");
     }
@@ -329,18 +343,23 @@ fn main() {
     if let Some(v) = r_rw_sync {
         result("raw_randwrite_4k_qd32_fdatasync32_iops", v, "iops");
     }
+    result("store_seqread_128k_mbps", s_sr, "MB/s");
+    if let Some(v) = r_sr {
+        result("raw_seqread_128k_mbps", v, "MB/s");
+    }
     result("wa_randwrite_4k", wa_rw, "ratio");
     result("wa_seqwrite_128k", wa_sw, "ratio");
 }
 
 /// Formats the store over `file`, lays out the random working set, and
-/// measures random writes, random reads and sequential writes.
+/// measures random writes, random reads, sequential writes and a
+/// sequential read of the randomly written working set.
 fn store_run(
     file: &Path,
     secs: u64,
     working_mb: u64,
     seq_mb: u64,
-) -> (Phase, Phase, Phase, StoreStats) {
+) -> (Phase, Phase, Phase, Phase, StoreStats) {
     // One reactor by default: on this 2-core machine the other core does the
     // kernel's share of the I/O (completions, file system), as it does for
     // fio's single job thread; FERRITE_BENCH_REACTORS=2 for two.
@@ -356,6 +375,9 @@ fn store_run(
             "FERRITE_BENCH_MERGE_KB",
             StoreOptions::default().merge_max >> 10,
         ) << 10,
+        // FERRITE_BENCH_RELOCATE=1: home writes to new blocks (relocation)
+        // instead of in place (the default).
+        relocate_home: env_u64("FERRITE_BENCH_RELOCATE", 0) != 0,
         ..Default::default()
     };
     ChunkStore::format(&[file.to_path_buf()], &opts).expect("format");
@@ -407,6 +429,21 @@ fn store_run(
             .expect("random read");
         Some(K4)
     });
+    // The random writes left the working set where the home writer put it
+    // (relocated: scattered in the order it wrote them home); read it back
+    // in order.
+    let cursor = Arc::new(AtomicU64::new(0));
+    let set = rand_ext * EXTENT;
+    let sr = run_qd(&rt, &store, 3600, move |s, _, _| {
+        let at = cursor.fetch_add(128 << 10, Ordering::Relaxed);
+        if at >= set {
+            return None;
+        }
+        let mut buf = vec![0u8; 128 << 10];
+        s.read(at / EXTENT, at % EXTENT, &mut buf)
+            .expect("sequential read");
+        Some(128 << 10)
+    });
     let cursor = Arc::new(AtomicU64::new(0));
     let (base, total) = (rand_ext * EXTENT, seq_ext * EXTENT);
     let sw = run_qd(&rt, &store, 3600, move |s, _, _| {
@@ -422,5 +459,5 @@ fn store_run(
     let stats = store.stats();
     store.close().expect("close");
     drop(rt);
-    (rw, rr, sw, stats)
+    (rw, rr, sw, sr, stats)
 }

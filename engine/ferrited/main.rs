@@ -59,6 +59,11 @@ struct Args {
     /// Size of a device file created because it does not exist (e.g. 8G).
     #[arg(long, default_value = "8G", value_parser = parse_size)]
     device_size: u64,
+    /// Write journaled blocks home to new contiguous blocks instead of in
+    /// place: faster small random writes, but data and free space get
+    /// scattered (slower sequential I/O later); see engine/store/README.md.
+    #[arg(long)]
+    relocate_home: bool,
     /// ferrite-meta endpoints, host:port, comma separated.
     #[arg(long, default_value = "127.0.0.1:7000", value_delimiter = ',')]
     meta: Vec<String>,
@@ -194,6 +199,7 @@ fn run(args: Args) -> Result<(), String> {
         advertise_host: args.advertise.clone(),
         nvmf_advertise: args.nvmf_advertise.clone(),
         data_dir: args.data_dir.clone(),
+        relocate_home: args.relocate_home,
     };
     let dpdk_cfg = dpdk::config(&args)?;
 

@@ -56,6 +56,9 @@ pub struct NodeConfig {
     /// `--data-dir`: where node state lives when the device is a block
     /// device (the saved exports).
     pub data_dir: PathBuf,
+    /// `--relocate-home`: the store writes journaled blocks home to new
+    /// contiguous blocks instead of in place.
+    pub relocate_home: bool,
 }
 
 /// A running node.
@@ -350,6 +353,7 @@ fn open_store(cfg: &NodeConfig, handle: &Handle) -> Result<Arc<ChunkStore>, Stri
     }
     let opts = StoreOptions {
         workers: handle.reactor_count(),
+        relocate_home: cfg.relocate_home,
         ..StoreOptions::default()
     };
     let devices = cfg.devices.clone();
@@ -368,6 +372,7 @@ fn open_store(cfg: &NodeConfig, handle: &Handle) -> Result<Arc<ChunkStore>, Stri
             log::info!("formatting blank device(s) {:?}", cfg.devices);
             let opts = StoreOptions {
                 workers: handle.reactor_count(),
+                relocate_home: cfg.relocate_home,
                 ..StoreOptions::default()
             };
             let devices = cfg.devices.clone();
@@ -460,6 +465,7 @@ fn store_stats_json(store: &ChunkStore) -> Value {
         "device_bytes_written": s.device_bytes_written, "device_bytes_read": s.device_bytes_read,
         "flushes": s.flushes, "journal_bytes": s.journal_bytes, "home_bytes": s.home_bytes,
         "direct_bytes": s.direct_bytes, "checkpoint_bytes": s.checkpoint_bytes,
+        "relocated_bytes": s.relocated_blocks * 4096,
         "checksum_errors": s.checksum_errors, "write_amplification": s.write_amplification,
         "devices": s.devices.iter().map(|d| json!({"name": d.name, "bytes_written": d.stats.bytes_written, "bytes_read": d.stats.bytes_read, "flushes": d.stats.flushes})).collect::<Vec<_>>(),
     })

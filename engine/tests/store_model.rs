@@ -95,7 +95,7 @@ fn check_all(store: &ChunkStore, m: &Model) {
     }
 }
 
-/// `relocate`: home writes go to new blocks (the default) or in place.
+/// `relocate`: home writes go to new blocks or in place (the default).
 fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, relocate: bool) {
     let o = opts(backend, relocate);
     ChunkStore::format(
@@ -269,7 +269,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, relo
 
 #[test]
 fn model_on_malloc() {
-    // Seed 2 writes home in place; the others relocate (the default).
+    // Seed 2 writes home in place (the default); seed 1 relocates.
     for seed in [1u64, 2] {
         let name = format!("store-model-{seed}");
         malloc::create(&name, 48 << 20);
