@@ -57,7 +57,8 @@ def main():
             return p, f"nbd://127.0.0.1:{port}/vol0"
 
         print(f"NBD benchmark: fio nbd engine, {RUNTIME}s per job, 1 GiB volume/files on the same filesystem")
-        print("  ferrite: ferrited, 2 adaptive reactors, one node, 1 replica, durable on ack")
+        print("  ferrite: ferrited, 2 adaptive reactors, one node, 1 replica, durable on ack"
+              + (f", extra flags: {os.environ['FERRITE_NODE_ARGS']}" if os.environ.get("FERRITE_NODE_ARGS") else ""))
         print("  qemu-nbd (directsync): durable on ack, the like-for-like peer; qemu-nbd (none): not durable on ack")
         fer = run_jobs("ferrite", f"nbd://127.0.0.1:{nbd}/vol0", [node.pid], JOBS, SIZE, RUNTIME)
         qemu, quri = qemu_nbd("directsync")

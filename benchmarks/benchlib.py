@@ -131,6 +131,9 @@ class Procs:
         return p, mp
 
     def node(self, name, meta_port, device_size="3G", cores="0-1", extra=()):
+        # FERRITE_NODE_ARGS: more ferrited flags for every node, e.g.
+        # "--relocate-home".
+        extra = [*extra, *os.environ.get("FERRITE_NODE_ARGS", "").split()]
         nbd = free_port()
         sock = f"{self.tmp}/{name}.sock"
         p = self.spawn(name, [f"{BIN}/ferrited", "--cores", cores, "--no-pin", "--poll-mode", "adaptive",
