@@ -18,7 +18,8 @@ use super::journal::JournalId;
 use crate::bdev::BLOCK_SIZE;
 use std::collections::HashMap;
 
-const CMAGIC: u64 = u64::from_le_bytes(*b"FERCKPT1");
+/// First bytes of every checkpoint slot header.
+pub const CMAGIC: u64 = u64::from_le_bytes(*b"FERCKPT1");
 
 /// A checkpoint's header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,8 +114,14 @@ pub fn decode_header(id: JournalId, b: &[u8]) -> Option<CkptHeader> {
     (crc32c::crc32c(&b[..end]) == crc).then_some(h)
 }
 
-/// Parses and verifies a payload against its header.
-pub fn decode_payload(h: &CkptHeader, payload: &[u8]) -> Option<HashMap<u64, Extent>> {
+/// Parses and verifies a payload against its header. `max_extent` is the
+/// store's largest extent size: a bigger (or unaligned) extent is not one
+/// this store wrote.
+pub fn decode_payload(
+    h: &CkptHeader,
+    payload: &[u8],
+    max_extent: u64,
+) -> Option<HashMap<u64, Extent>> {
     let payload = payload.get(..h.payload_len as usize)?;
     if crc32c::crc32c(payload) != h.payload_crc {
         return None;
@@ -124,9 +131,15 @@ pub fn decode_payload(h: &CkptHeader, payload: &[u8]) -> Option<HashMap<u64, Ext
     let mut out = HashMap::new();
     for _ in 0..n {
         let (id, size, generation) = (d.u64()?, d.u64()?, d.u64()?);
+        if size > max_extent || size % BLOCK_SIZE != 0 {
+            return None;
+        }
         let mut x = Extent::new(size, generation);
         for _ in 0..d.u32()? {
             let (start, count) = (d.u64()?, d.u32()?);
+            if start.checked_add(count as u64)? > x.blocks() {
+                return None;
+            }
             for i in 0..count as u64 {
                 let e = Entry {
                     pba: Pba(d.u64()?),
@@ -164,7 +177,7 @@ mod tests {
         assert!(size_bound(&m) >= img.len() as u64 - BLOCK_SIZE);
         let h = decode_header(id, &img[..4096]).unwrap();
         assert_eq!((h.seq, h.journal_lpos), (4, 77));
-        let back = decode_payload(&h, &img[4096..]).unwrap();
+        let back = decode_payload(&h, &img[4096..], 1 << 30).unwrap();
         assert_eq!(back.len(), 2);
         let b9 = &back[&9];
         assert_eq!(b9.generation, 3);
@@ -174,7 +187,7 @@ mod tests {
         );
         let mut torn = img.clone();
         torn[4096 + 20] ^= 0xff;
-        assert!(decode_payload(&h, &torn[4096..]).is_none());
+        assert!(decode_payload(&h, &torn[4096..], 1 << 30).is_none());
         assert!(decode_header(JournalId { uuid: 5, worker: 1 }, &img[..4096]).is_none());
     }
 }

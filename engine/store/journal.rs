@@ -22,10 +22,11 @@ use super::extent::{Entry, Extent, Pba};
 use crate::bdev::BLOCK_SIZE;
 use std::collections::HashMap;
 
-const JMAGIC: u64 = u64::from_le_bytes(*b"FERJRNL1");
+/// First bytes of every batch header.
+pub const JMAGIC: u64 = u64::from_le_bytes(*b"FERJRNL1");
 const FLAG_SKIP: u32 = 1;
 /// Bytes of the fixed header fields before the records.
-const FIXED: usize = 8 + 4 + 4 + 16 + 8 + 4 + 4 + 4 + 4 + 4;
+pub const FIXED: usize = 8 + 4 + 4 + 16 + 8 + 4 + 4 + 4 + 4 + 4;
 
 /// One metadata change. Records are applied in journal order, the same way
 /// at run time and at replay ([`Record::apply`]).
@@ -132,13 +133,24 @@ impl Record {
         }
     }
 
-    fn decode(d: &mut Dec) -> Option<Record> {
+    /// `max_extent`: the store's largest extent size. A `Create` of a bigger
+    /// (or unaligned) extent, or blocks beyond it, are not records this
+    /// store wrote.
+    fn decode(d: &mut Dec, max_extent: u64) -> Option<Record> {
+        let max_blocks = max_extent / BLOCK_SIZE;
+        let fits = |start: u64, n: u64| start.checked_add(n).is_some_and(|end| end <= max_blocks);
         Some(match d.u8()? {
-            1 => Record::Create {
-                id: d.u64()?,
-                size: d.u64()?,
-                generation: d.u64()?,
-            },
+            1 => {
+                let (id, size, generation) = (d.u64()?, d.u64()?, d.u64()?);
+                if size > max_extent || size % BLOCK_SIZE != 0 {
+                    return None;
+                }
+                Record::Create {
+                    id,
+                    size,
+                    generation,
+                }
+            }
             2 => Record::Delete { id: d.u64()? },
             3 => Record::SetGen {
                 id: d.u64()?,
@@ -146,6 +158,9 @@ impl Record {
             },
             4 => {
                 let (id, lblock, n) = (d.u64()?, d.u64()?, d.u32()?);
+                if !fits(lblock, n as u64) {
+                    return None;
+                }
                 let mut entries = Vec::with_capacity(n.min(4096) as usize);
                 for _ in 0..n {
                     entries.push(Entry {
@@ -161,6 +176,9 @@ impl Record {
             }
             5 => {
                 let (id, lblock, pba, n) = (d.u64()?, d.u64()?, Pba(d.u64()?), d.u32()?);
+                if !fits(lblock, n as u64) || pba.0.checked_add(n as u64).is_none() {
+                    return None;
+                }
                 let mut crcs = Vec::with_capacity(n.min(65536) as usize);
                 for _ in 0..n {
                     crcs.push(d.u32()?);
@@ -172,11 +190,13 @@ impl Record {
                     crcs,
                 }
             }
-            6 => Record::Unmap {
-                id: d.u64()?,
-                lblock: d.u64()?,
-                count: d.u64()?,
-            },
+            6 => {
+                let (id, lblock, count) = (d.u64()?, d.u64()?, d.u64()?);
+                if !fits(lblock, count) {
+                    return None;
+                }
+                Record::Unmap { id, lblock, count }
+            }
             _ => return None,
         })
     }
@@ -323,7 +343,13 @@ pub fn peek_header_blocks(id: JournalId, lpos: u64, first: &[u8]) -> Option<u32>
 }
 
 /// Decodes a complete header (all its blocks); `None` if anything is off.
-pub fn decode_header(id: JournalId, lpos: u64, bytes: &[u8]) -> Option<BatchHeader> {
+/// `max_extent` is the store's largest extent size.
+pub fn decode_header(
+    id: JournalId,
+    lpos: u64,
+    bytes: &[u8],
+    max_extent: u64,
+) -> Option<BatchHeader> {
     let mut d = Dec::new(bytes);
     if d.u64()? != JMAGIC || d.u32()? != super::superblock::FORMAT_VERSION {
         return None;
@@ -347,7 +373,7 @@ pub fn decode_header(id: JournalId, lpos: u64, bytes: &[u8]) -> Option<BatchHead
     let mut rd = Dec::new(&bytes[FIXED..end]);
     let mut records = Vec::with_capacity(nrec.min(65536) as usize);
     for _ in 0..nrec {
-        records.push(Record::decode(&mut rd)?);
+        records.push(Record::decode(&mut rd, max_extent)?);
     }
     let carried: usize = records.iter().map(|r| r.data_blocks()).sum();
     if carried != data_blocks as usize {
@@ -410,22 +436,23 @@ mod tests {
         assert_eq!(h.len() as u64 % BLOCK_SIZE, 0);
         assert_eq!(header_blocks_for(&recs), h.len() as u64 / BLOCK_SIZE);
         assert_eq!(peek_header_blocks(id, 42, &h[..4096]), Some(1));
-        let b = decode_header(id, 42, &h).unwrap();
+        let b = decode_header(id, 42, &h, 1 << 30).unwrap();
         assert_eq!(b.records, recs);
         assert_eq!(b.data_blocks, 2);
-        assert!(decode_header(id, 43, &h).is_none());
+        assert!(decode_header(id, 43, &h, 1 << 30).is_none());
         assert!(decode_header(
             JournalId {
                 uuid: 78,
                 worker: 1
             },
             42,
-            &h
+            &h,
+            1 << 30
         )
         .is_none());
         let mut bad = h.clone();
         bad[100] ^= 1;
-        assert!(decode_header(id, 42, &bad).is_none());
+        assert!(decode_header(id, 42, &bad, 1 << 30).is_none());
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod checkpoint;
 mod codec;
 mod error;
 pub mod extent;
+pub mod fuzzing;
 pub mod journal;
 pub mod pattern;
 pub mod recovery;
@@ -340,10 +341,14 @@ impl ChunkStore {
                 opts.workers
             )));
         }
-        if opts.extent_size_max == 0 || opts.extent_size_max % BS != 0 {
-            return Err(StoreError::Invalid(
-                "extent_size_max must be a non-zero multiple of 4 KiB".into(),
-            ));
+        if opts.extent_size_max == 0
+            || opts.extent_size_max % BS != 0
+            || opts.extent_size_max > superblock::EXTENT_SIZE_LIMIT
+        {
+            return Err(StoreError::Invalid(format!(
+                "extent_size_max must be a non-zero multiple of 4 KiB, at most {} GiB",
+                superblock::EXTENT_SIZE_LIMIT >> 30
+            )));
         }
         let jb = opts.journal_size / BS;
         if jb < 256 {

@@ -68,7 +68,7 @@ fn load_checkpoint(sh: &Shared, jid: JournalId, w: usize) -> Result<Loaded, Stor
         } else {
             read_blocks(sh, 0, start + 1, blocks)?
         };
-        match checkpoint::decode_payload(&h, payload.as_slice()) {
+        match checkpoint::decode_payload(&h, payload.as_slice(), sh.sb.extent_size_max) {
             Some(extents) => {
                 best = Some(Loaded {
                     seq: h.seq,
@@ -120,7 +120,9 @@ impl Jrn<'_> {
         } else {
             self.read(lpos, hb as u64)?
         };
-        let Some(h) = journal::decode_header(self.jid, lpos, all.as_slice()) else {
+        let Some(h) =
+            journal::decode_header(self.jid, lpos, all.as_slice(), self.sh.sb.extent_size_max)
+        else {
             return Ok(None);
         };
         if h.total_blocks() > self.len() - lpos % self.len() {

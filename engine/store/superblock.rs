@@ -55,7 +55,48 @@ pub enum SbError {
     Damaged,
 }
 
+/// The largest extent a store may be formatted for: extent maps are sized
+/// from it, so a superblock that claims more is refused as damaged.
+pub const EXTENT_SIZE_LIMIT: u64 = 1 << 40;
+
+/// Where the crc32c of the encoded fields sits (it covers the bytes before).
+pub const CRC_AT: usize = 100;
+
 impl Superblock {
+    /// Whether the fields describe a layout `format` could have written. A
+    /// superblock with a valid crc but impossible fields (a bug, or a
+    /// crafted image) is refused instead of being divided by or sized from.
+    fn consistent(&self) -> bool {
+        let w = self.workers as u64;
+        // Every device's superblock carries device 0's journal and
+        // checkpoint layout; only device 0 holds those regions, before its
+        // data area.
+        let regions = || -> Option<bool> {
+            let journal_end = self
+                .journal_start
+                .checked_add(w.checked_mul(self.journal_blocks)?)?;
+            let ckpt_end = self
+                .ckpt_start
+                .checked_add(w.checked_mul(2)?.checked_mul(self.ckpt_blocks)?)?;
+            Some(
+                self.journal_start >= 2
+                    && journal_end <= self.ckpt_start
+                    && (self.device_index != 0 || ckpt_end <= self.data_start),
+            )
+        };
+        (1..=256).contains(&self.workers)
+            && (1..=64).contains(&self.device_count)
+            && self.device_index < self.device_count
+            && self.journal_blocks >= 16
+            && self.ckpt_blocks >= 1
+            && self.extent_size_max > 0
+            && self.extent_size_max % BLOCK_SIZE == 0
+            && self.extent_size_max <= EXTENT_SIZE_LIMIT
+            && self.data_start >= 2
+            && self.data_start < self.device_blocks
+            && regions() == Some(true)
+    }
+
     /// The 4 KiB on-disk image.
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::with_capacity(BLOCK_SIZE as usize);
@@ -114,7 +155,7 @@ impl Superblock {
         let sb = parse(&mut d).ok_or(SbError::Damaged)?;
         let end = d.pos();
         let crc = d.u32().ok_or(SbError::Damaged)?;
-        if crc32c::crc32c(&b[..end]) != crc {
+        if crc32c::crc32c(&b[..end]) != crc || !sb.consistent() {
             return Err(SbError::Damaged);
         }
         Ok(sb)
@@ -150,6 +191,57 @@ mod tests {
             ckpt_start: 130,
             data_start: 194,
         }
+    }
+
+    #[test]
+    fn impossible_layouts_with_valid_crcs_are_damaged() {
+        let sb = sample();
+        let img = sb.encode();
+        let crc = u32::from_le_bytes(img[CRC_AT..CRC_AT + 4].try_into().unwrap());
+        assert_eq!(crc, crc32c::crc32c(&img[..CRC_AT]), "CRC_AT matches encode");
+        let bad = [
+            Superblock {
+                workers: 0,
+                ..sample()
+            },
+            Superblock {
+                journal_blocks: 0,
+                ..sample()
+            },
+            Superblock {
+                device_index: 2,
+                ..sample()
+            },
+            Superblock {
+                extent_size_max: EXTENT_SIZE_LIMIT * 2,
+                ..sample()
+            },
+            Superblock {
+                extent_size_max: 4095,
+                ..sample()
+            },
+            Superblock {
+                data_start: 5000,
+                ..sample()
+            },
+            Superblock {
+                device_index: 0,
+                ckpt_start: 100,
+                ..sample()
+            },
+        ];
+        for b in bad {
+            assert_eq!(
+                Superblock::decode(&b.encode()),
+                Err(SbError::Damaged),
+                "{b:?}"
+            );
+        }
+        let ok = Superblock {
+            device_index: 0,
+            ..sample()
+        };
+        assert_eq!(Superblock::decode(&ok.encode()), Ok(ok));
     }
 
     #[test]
