@@ -56,7 +56,7 @@ fn hostile() -> Vec<Record> {
     vec![
         Record::Create {
             id: 1,
-            size: u64::MAX & !4095,
+            size: !4095,
             generation: 0,
         },
         Record::Create {
@@ -171,7 +171,7 @@ fn store_metadata_corpus_never_panics() {
     let mut p = Vec::new();
     p.extend_from_slice(&1u64.to_le_bytes());
     p.extend_from_slice(&5u64.to_le_bytes());
-    p.extend_from_slice(&(u64::MAX & !4095).to_le_bytes());
+    p.extend_from_slice(&(!4095u64).to_le_bytes());
     p.extend_from_slice(&0u64.to_le_bytes());
     corpus.push(input(2, &[vec![0u8; 64], p.clone()].concat()));
     let mut p = Vec::new();
