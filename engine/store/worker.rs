@@ -216,6 +216,35 @@ impl Shared {
         (1u64 << self.devices.len()) - 1
     }
 
+    /// Writes `bufs`, in order, into the blocks of `runs` (one request per
+    /// run, split at 256 blocks); frees the runs if a write fails.
+    fn write_runs(&self, runs: &[(Pba, u64)], bufs: &[Arc<DmaBuf>]) -> Result<(), StoreError> {
+        let mut per_dev: Vec<Vec<IoOp>> = (0..self.devices.len()).map(|_| Vec::new()).collect();
+        let mut i = 0usize;
+        for &(p, cnt) in runs {
+            let mut k = 0u64;
+            for part in bufs[i..i + cnt as usize].chunks(256) {
+                per_dev[p.device()].push(IoOp::Writev {
+                    fua: false,
+                    offset: p.plus(k).block() * BS,
+                    bufs: part.to_vec(),
+                });
+                k += part.len() as u64;
+            }
+            i += cnt as usize;
+        }
+        for (d, ops) in per_dev.into_iter().enumerate() {
+            if ops.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.run_ops(d, ops) {
+                self.free_runs(runs);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Frees never-referenced blocks (a failed or abandoned allocation).
     fn free_runs(&self, runs: &[(Pba, u64)]) {
         let mut a = self.alloc();
@@ -726,30 +755,7 @@ impl Worker {
             }
             Err(e) => return Err(e),
         };
-        let mut per_dev: Vec<Vec<IoOp>> = (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
-        let mut i = 0usize;
-        for &(p, cnt) in &runs {
-            // One request per run, split only where a request would get too big.
-            let mut k = 0u64;
-            for part in bufs[i..i + cnt as usize].chunks(256) {
-                per_dev[p.device()].push(IoOp::Writev {
-                    fua: false,
-                    offset: p.plus(k).block() * BS,
-                    bufs: part.to_vec(),
-                });
-                k += part.len() as u64;
-            }
-            i += cnt as usize;
-        }
-        for (d, ops) in per_dev.into_iter().enumerate() {
-            if ops.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.sh.run_ops(d, ops) {
-                self.sh.free_runs(&runs);
-                return Err(e);
-            }
-        }
+        self.sh.write_runs(&runs, &bufs)?;
         self.sh.direct_bytes.fetch_add(n * BS, Ordering::Relaxed);
         let c = Completion::new();
         let mut done = extra;
@@ -1651,33 +1657,18 @@ impl Worker {
             a.alloc(n)?
         };
         picked.sort_by_key(|p| p.0);
-        let mut per_dev: Vec<Vec<IoOp>> = (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
-        let mut items: Vec<Relocation> = Vec::with_capacity(picked.len());
-        let mut i = 0usize;
-        for &(p, cnt) in &runs {
-            let mut k = 0u64;
-            for part in picked[i..i + cnt as usize].chunks(256) {
-                per_dev[p.device()].push(IoOp::Writev {
-                    fua: false,
-                    offset: p.plus(k).block() * BS,
-                    bufs: part.iter().map(|h| h.3.clone()).collect(),
-                });
-                for (j, h) in part.iter().enumerate() {
-                    items.push((h.0, h.1, p.plus(k + j as u64)));
-                }
-                k += part.len() as u64;
-            }
-            i += cnt as usize;
+        let bufs: Vec<Arc<DmaBuf>> = picked.iter().map(|h| h.3.clone()).collect();
+        if let Err(e) = self.sh.write_runs(&runs, &bufs) {
+            return Some(Err(e));
         }
-        for (d, ops) in per_dev.into_iter().enumerate() {
-            if ops.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.sh.run_ops(d, ops) {
-                self.sh.free_runs(&runs);
-                return Some(Err(e));
-            }
-        }
+        let homes = runs
+            .iter()
+            .flat_map(|&(p, cnt)| (0..cnt).map(move |j| p.plus(j)));
+        let items: Vec<Relocation> = picked
+            .iter()
+            .zip(homes)
+            .map(|(h, p)| (h.0, h.1, p))
+            .collect();
         let taken = Arc::new(AtomicBool::new(false));
         let c = Completion::new();
         {
