@@ -4,13 +4,15 @@
 //! same file.
 //!
 //! Figures: 4 KiB random writes and reads at queue depth 32 (IOPS), 128 KiB
-//! sequential writes at queue depth 32 (MB/s), and the store's write
-//! amplification (device bytes written / user bytes written, measured after
-//! a checkpoint so that deferred home writes and checkpoints are counted).
+//! sequential writes and a 128 KiB sequential read of the randomly written
+//! set at queue depth 32 (MB/s), and the store's write amplification
+//! (device bytes written / user bytes written, measured after a checkpoint
+//! so that deferred home writes and checkpoints are counted).
 //!
 //! Environment: `FERRITE_BENCH_FILE` (default: a file in the temp dir),
 //! `FERRITE_BENCH_SIZE_MB` (default 3072), `FERRITE_BENCH_SECS` (per
-//! phase, default 8).
+//! phase, default 8), `FERRITE_BENCH_RELOCATE=1` (home writes relocated);
+//! the store README lists the others.
 
 use ferrite_benchmarks::{median, result};
 use ferrite_engine::bdev::{dma, Backend};
