@@ -230,16 +230,23 @@ mod tests {
         assert_eq!(pieces(8, 4).count(), 2);
     }
 
-    #[test]
-    fn reassembles_out_of_order_and_checks_the_frame() {
+    /// A message to cut into pieces: its head (without the length prefix)
+    /// and an `n`-byte payload whose byte i is `i * step`.
+    fn message(request_id: u64, body: &[u8], n: u32, step: u32) -> (Vec<u8>, Vec<u8>) {
         let h = Header {
             op: 2,
-            request_id: 9,
+            request_id,
             ..Default::default()
         };
-        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-        let head = encode_head(h, b"body!", &payload);
-        let head = &head[4..];
+        let payload: Vec<u8> = (0..n).map(|i| (i * step) as u8).collect();
+        let head = encode_head(h, body, &payload)[4..].to_vec();
+        (head, payload)
+    }
+
+    #[test]
+    fn reassembles_out_of_order_and_checks_the_frame() {
+        let (head, payload) = message(9, b"body!", 10_000, 7);
+        let head = &head[..];
         let msg_len = head.len() + payload.len();
         let mut ps: Vec<_> = pieces(msg_len, 1000).collect();
         ps.reverse();
@@ -268,14 +275,8 @@ mod tests {
 
     #[test]
     fn pieces_in_parts_land_where_whole_pieces_do() {
-        let h = Header {
-            op: 2,
-            request_id: 5,
-            ..Default::default()
-        };
-        let payload: Vec<u8> = (0..9000u32).map(|i| (i * 13) as u8).collect();
-        let head = encode_head(h, b"b", &payload);
-        let head = &head[4..];
+        let (head, payload) = message(5, b"b", 9000, 13);
+        let head = &head[..];
         let msg_len = head.len() + payload.len();
         let mut r = Reassembly::new(1 << 20);
         let mut out = None;
