@@ -993,9 +993,10 @@ fn governor(net: Rc<ReactorNet>) {
 }
 
 /// Bytes `[off, off + len)` of a packet, as slices of its segments (no
-/// copy); fewer bytes if the packet is shorter.
-fn byte_range(m: &Mbuf, mut off: usize, len: usize) -> Vec<&[u8]> {
-    let mut out = Vec::new();
+/// copy, and no allocation for chains of up to 8 segments); fewer bytes if
+/// the packet is shorter.
+fn byte_range(m: &Mbuf, mut off: usize, len: usize) -> smallvec::SmallVec<[&[u8]; 8]> {
+    let mut out = smallvec::SmallVec::new();
     let mut left = len;
     for s in m.segments() {
         if left == 0 {
