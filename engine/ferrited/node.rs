@@ -465,7 +465,7 @@ fn store_stats_json(store: &ChunkStore) -> Value {
         "device_bytes_written": s.device_bytes_written, "device_bytes_read": s.device_bytes_read,
         "flushes": s.flushes, "journal_bytes": s.journal_bytes, "home_bytes": s.home_bytes,
         "direct_bytes": s.direct_bytes, "checkpoint_bytes": s.checkpoint_bytes,
-        "relocated_bytes": s.relocated_blocks * 4096,
+        "relocated_bytes": s.relocated_blocks * ferrite_engine::bdev::BLOCK_SIZE,
         "checksum_errors": s.checksum_errors, "write_amplification": s.write_amplification,
         "devices": s.devices.iter().map(|d| json!({"name": d.name, "bytes_written": d.stats.bytes_written, "bytes_read": d.stats.bytes_read, "flushes": d.stats.flushes})).collect::<Vec<_>>(),
     })
