@@ -58,13 +58,9 @@ fn relocated_home_writes_verify_before_and_after_sigkill() {
     assert!(st["relocated_bytes"].as_u64().unwrap() > 0, "{st}");
     assert_eq!(st["checksum_errors"], 0);
     c.restart_node(0);
-    let back = (0..100).any(|_| {
+    let back = eventually(|| {
         let l = c.node(0).rpc_ok("nbd_export_list", Value::Null).to_string();
-        let ok = l.contains("vol0");
-        if !ok {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ok
+        l.contains("vol0")
     });
     assert!(back, "the restarted node did not export vol0 again");
     let verify_only = ["--rw=randwrite", "--randrepeat=1", "--verify_only"];
@@ -317,17 +313,13 @@ fn data_survives_sigkill_of_ferrited_and_meta_fails_over() {
     // Kill -9 the node: writes were acknowledged, so they are durable, and
     // the restarted node exports vol0 again by itself (saved exports).
     c.restart_node(0);
-    let restored = (0..100).any(|_| {
+    let restored = eventually(|| {
         let nbd = c.node(0).rpc_ok("nbd_export_list", Value::Null).to_string();
         let nvmf = c
             .node(0)
             .rpc_ok("nvmf_get_subsystems", Value::Null)
             .to_string();
-        let done = nbd.contains("vol0") && nvmf.contains(&nqn);
-        if !done {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        done
+        nbd.contains("vol0") && nvmf.contains(&nqn)
     });
     assert!(restored, "the restarted node did not export vol0 again");
     let (ok, out) = run(Command::new("qemu-io").args([

@@ -14,6 +14,17 @@ use std::time::{Duration, Instant};
 mod ports;
 pub use ports::free_port;
 
+/// Whether `ready` holds within 10 s (checked every 100 ms).
+pub fn eventually(mut ready: impl FnMut() -> bool) -> bool {
+    (0..100).any(|_| {
+        let ok = ready();
+        if !ok {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ok
+    })
+}
+
 pub fn bin_dir() -> PathBuf {
     // ferrited is this package's binary; ferrite-meta is built beside it by
     // `make test` (cargo build --workspace --bins) in the same target dir.
