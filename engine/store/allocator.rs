@@ -20,6 +20,8 @@ struct DeviceSpace {
     blocks: u64,
     free: u64,
     cursor: u64,
+    /// Where the next `alloc_run` continues (block index), if anywhere.
+    head: Option<u64>,
 }
 
 impl DeviceSpace {
@@ -81,6 +83,7 @@ impl Allocator {
                     blocks,
                     free: blocks,
                     cursor: 0,
+                    head: None,
                 })
                 .collect(),
         }
@@ -162,6 +165,168 @@ impl Allocator {
     }
 }
 
+/// Blocks per segment (4 MiB): the unit of free space that `alloc_run`
+/// fills and the store's cleaner empties.
+pub const SEGMENT_BLOCKS: u64 = 1024;
+
+/// Words of bitmap `alloc_run` examines per device before it gives up (a
+/// bound on the search in a store whose free space is scattered): 2^16
+/// words are 2^22 blocks, 16 GiB of data area.
+const RUN_SEARCH_WORDS: u64 = 1 << 16;
+
+/// One segment of a device's data area, as the cleaner sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Its first block.
+    pub first: Pba,
+    /// Blocks in it (the last segment of a device may be short).
+    pub blocks: u64,
+    /// Blocks in use (mapped, reserved or quarantined).
+    pub used: u64,
+    /// `alloc_run` is filling it (it is not worth emptying).
+    pub filling: bool,
+}
+
+impl Allocator {
+    /// Allocates `n` contiguous blocks, or nothing if no free run that long
+    /// is found; on the device with the most free blocks first. Unlike
+    /// `alloc`, it never splits: the home writer and the store's cleaner use
+    /// it so that what they move lands in one sequential write, and they
+    /// write in place or wait when it fails. It writes like a log: it goes
+    /// on where the last run ended, then starts an empty segment, and only
+    /// then fills a hole. Filling holes in segments that the cleaner is
+    /// emptying would undo its work.
+    pub fn alloc_run(&mut self, n: u64) -> Option<Pba> {
+        if n == 0 || n > 64 * (RUN_SEARCH_WORDS - 1) {
+            return None;
+        }
+        let mut order: Vec<usize> = (0..self.devs.len()).collect();
+        order.sort_by_key(|&d| std::cmp::Reverse(self.devs[d].free));
+        for d in order {
+            let dev = &mut self.devs[d];
+            if dev.free < n {
+                continue;
+            }
+            let at_head = dev
+                .head
+                .filter(|&h| h + n <= dev.blocks && dev.count_used(h, n) == 0);
+            let Some(i) = at_head
+                .or_else(|| {
+                    (n <= SEGMENT_BLOCKS)
+                        .then(|| dev.find_empty_segment())
+                        .flatten()
+                })
+                .or_else(|| dev.find_run(n))
+            else {
+                continue;
+            };
+            for k in i..i + n {
+                dev.set(k, true);
+            }
+            dev.free -= n;
+            dev.head = Some(i + n);
+            return Some(Pba::new(d, dev.start + i));
+        }
+        None
+    }
+
+    /// Every segment of `seg` blocks of every device, with its use.
+    pub fn segments(&self, seg: u64) -> Vec<Segment> {
+        let mut out = Vec::new();
+        for (d, dev) in self.devs.iter().enumerate() {
+            let mut first = 0;
+            while first < dev.blocks {
+                let blocks = seg.min(dev.blocks - first);
+                out.push(Segment {
+                    first: Pba::new(d, dev.start + first),
+                    blocks,
+                    used: dev.count_used(first, blocks),
+                    filling: dev.head.is_some_and(|h| first < h && h <= first + blocks),
+                });
+                first += blocks;
+            }
+        }
+        out
+    }
+}
+
+impl DeviceSpace {
+    /// Blocks in use among `n` blocks from `from`.
+    fn count_used(&self, from: u64, n: u64) -> u64 {
+        let mut used = 0;
+        let mut i = from;
+        let end = from + n;
+        while i < end {
+            if i % 64 == 0 && end - i >= 64 {
+                used += self.bits[(i / 64) as usize].count_ones() as u64;
+                i += 64;
+            } else {
+                used += self.is_used(i) as u64;
+                i += 1;
+            }
+        }
+        used
+    }
+
+    /// The first whole segment with no block in use, from the log head's
+    /// segment on (wrapping once), looking at no more than
+    /// `RUN_SEARCH_WORDS` words.
+    fn find_empty_segment(&self) -> Option<u64> {
+        let count = self.blocks / SEGMENT_BLOCKS; // whole segments only
+        if count == 0 {
+            return None;
+        }
+        let from = self.head.unwrap_or(0) / SEGMENT_BLOCKS;
+        let limit = (RUN_SEARCH_WORDS / (SEGMENT_BLOCKS / 64)).min(count);
+        (0..limit)
+            .map(|k| (from + k) % count * SEGMENT_BLOCKS)
+            .find(|&f| self.count_used(f, SEGMENT_BLOCKS) == 0)
+    }
+
+    /// The first run of `n` free blocks at or after the cursor (wrapping
+    /// once), looking at no more than `RUN_SEARCH_WORDS` words.
+    fn find_run(&self, n: u64) -> Option<u64> {
+        let words = self.bits.len() as u64;
+        let start_word = self.cursor / 64;
+        let mut run_start = 0u64;
+        let mut run_len = 0u64;
+        // A run does not wrap around the end of the device.
+        for step in 0..words.min(RUN_SEARCH_WORDS) + 1 {
+            let w = (start_word + step) % words;
+            if w == 0 {
+                run_len = 0;
+            }
+            let word = self.bits[w as usize];
+            let base = w * 64;
+            if word == 0 && base + 64 <= self.blocks {
+                if run_len == 0 {
+                    run_start = base;
+                }
+                run_len += 64;
+            } else {
+                for b in 0..64 {
+                    let i = base + b;
+                    if i >= self.blocks || word & (1 << b) != 0 {
+                        run_len = 0;
+                        continue;
+                    }
+                    if run_len == 0 {
+                        run_start = i;
+                    }
+                    run_len += 1;
+                    if run_len >= n {
+                        return Some(run_start);
+                    }
+                }
+            }
+            if run_len >= n {
+                return Some(run_start);
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +350,80 @@ mod tests {
         assert!(!a.is_data_block(Pba::new(0, 5)));
         a.free(Pba::new(0, 5)); // not a data block: ignored
         assert_eq!(a.free_blocks(), 0);
+    }
+
+    #[test]
+    fn alloc_run_finds_only_contiguous_space_and_segments_count_use() {
+        // One device of 300 blocks at block 8: fill it, then free a scatter
+        // of single blocks and one run of 70.
+        let mut a = Allocator::new(&[(8, 300)]);
+        assert_eq!(a.alloc_run(300), Some(Pba::new(0, 8)));
+        assert_eq!(a.alloc_run(1), None);
+        for b in (8..108).step_by(2) {
+            a.free(Pba::new(0, b));
+        }
+        for b in 200..270 {
+            a.free(Pba::new(0, b));
+        }
+        assert_eq!(a.alloc_run(71), None, "the holes are single blocks");
+        assert_eq!(a.alloc_run(70), Some(Pba::new(0, 200)));
+        assert_eq!(a.alloc_run(2), None);
+        assert_eq!(a.alloc_run(1), Some(Pba::new(0, 8)));
+        let segs = a.segments(128);
+        assert_eq!(segs.len(), 3);
+        assert_eq!(
+            segs.iter()
+                .map(|s| (s.first.block(), s.blocks))
+                .collect::<Vec<_>>(),
+            vec![(8, 128), (136, 128), (264, 44)]
+        );
+        // 49 of the 50 holes in blocks 8..108 are still free.
+        assert_eq!(segs[0].used, 128 - 49);
+        assert_eq!(segs[1].used, 128);
+        assert_eq!(
+            segs.iter().map(|s| s.blocks - s.used).sum::<u64>(),
+            a.free_blocks()
+        );
+        // A long run across whole words, then the search wraps to the start.
+        let mut b = Allocator::new(&[(0, 1000)]);
+        assert_eq!(b.alloc_run(900), Some(Pba::new(0, 0)));
+        b.free(Pba::new(0, 0));
+        b.free(Pba::new(0, 1));
+        assert_eq!(b.alloc_run(100), Some(Pba::new(0, 900)));
+        assert_eq!(b.alloc_run(2), Some(Pba::new(0, 0)));
+        assert_eq!(b.free_blocks(), 0);
+    }
+
+    #[test]
+    fn alloc_run_continues_its_log_then_takes_an_empty_segment_before_a_hole() {
+        let seg = SEGMENT_BLOCKS;
+        let mut a = Allocator::new(&[(0, 4 * seg)]);
+        assert_eq!(a.alloc_run(seg), Some(Pba::new(0, 0)));
+        for b in 100..400 {
+            a.free(Pba::new(0, b)); // a 300-block hole in segment 0
+        }
+        assert_eq!(a.alloc_run(256), Some(Pba::new(0, seg)), "the log goes on");
+        assert!(a.mark_used(Pba::new(0, seg + 256))); // the log's next block is taken
+        assert_eq!(
+            a.alloc_run(256),
+            Some(Pba::new(0, 2 * seg)),
+            "an empty segment"
+        );
+        let segs = a.segments(seg);
+        assert_eq!(
+            segs.iter().map(|g| (g.used, g.filling)).collect::<Vec<_>>(),
+            vec![(seg - 300, false), (257, false), (256, true), (0, false)]
+        );
+        assert_eq!(
+            a.alloc_run(seg),
+            Some(Pba::new(0, 2 * seg + 256)),
+            "across segments"
+        );
+        assert_eq!(a.alloc_run(768), Some(Pba::new(0, 3 * seg + 256)));
+        // The log reached the end and no segment is empty: the hole.
+        assert_eq!(a.alloc_run(300), Some(Pba::new(0, 100)));
+        assert_eq!(a.free_blocks(), 767);
+        assert_eq!(a.alloc_run(768), None);
+        assert_eq!(a.alloc_run(767), Some(Pba::new(0, SEGMENT_BLOCKS + 257)));
     }
 }

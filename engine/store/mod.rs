@@ -89,6 +89,12 @@ pub struct StoreOptions {
     /// random-write IOPS but scatters the data and the free space (see the
     /// store README, *Write home*).
     pub relocate_home: bool,
+    /// With `relocate_home`: how long a worker must have served no reads
+    /// or writes before its cleaner moves blocks (see the store README,
+    /// *Cleaner*). `None`: no cleaner. `Some(ZERO)`: it cleans while the
+    /// worker is busy too (the tests use this to race it with writes).
+    /// Default 200 ms.
+    pub clean_idle: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -106,6 +112,7 @@ impl Default for StoreOptions {
             max_batch_bytes: 4 << 20,
             quarantine_max: 256 << 20,
             relocate_home: false,
+            clean_idle: Some(Duration::from_millis(200)),
         }
     }
 }
@@ -151,6 +158,11 @@ pub struct StoreStats {
     pub merged_writes: u64,
     /// Journaled blocks written home to new blocks instead of in place.
     pub relocated_blocks: u64,
+    /// Blocks the cleaner moved (to empty segments or to put an extent's
+    /// blocks in logical order), and segments (4 MiB of data area) with no
+    /// block in use.
+    pub cleaned_blocks: u64,
+    pub free_segments: u64,
     /// Journaled blocks not yet home, quarantined blocks, journal blocks in use.
     pub dirty_blocks: u64,
     pub quarantined_blocks: u64,
@@ -555,6 +567,7 @@ impl ChunkStore {
             held_writes: AtomicU64::new(0),
             merged_writes: AtomicU64::new(0),
             relocated_blocks: AtomicU64::new(0),
+            cleaned_blocks: AtomicU64::new(0),
             workers: OnceLock::new(),
             flush_gates: (0..devs.len()).map(|_| Default::default()).collect(),
             journal_writes: std::sync::atomic::AtomicUsize::new(0),
@@ -730,6 +743,14 @@ impl ChunkStore {
         v
     }
 
+    /// How many runs of consecutive device blocks the extent's mapped
+    /// blocks form, in logical order (1 when it is laid out in one piece,
+    /// 0 when nothing is mapped): what a sequential read of it costs in
+    /// device requests, at least.
+    pub fn fragments(&self, id: u64) -> Result<u64, StoreError> {
+        self.worker(id).fragments(id)
+    }
+
     /// Writes every journaled block home and takes a checkpoint on every
     /// worker (the journals are then empty).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
@@ -772,6 +793,13 @@ impl ChunkStore {
             held_writes: l(&sh.held_writes),
             merged_writes: l(&sh.merged_writes),
             relocated_blocks: l(&sh.relocated_blocks),
+            cleaned_blocks: l(&sh.cleaned_blocks),
+            free_segments: sh
+                .alloc()
+                .segments(worker::SEGMENT_BLOCKS)
+                .iter()
+                .filter(|g| g.used == 0)
+                .count() as u64,
             ..Default::default()
         };
         for w in &self.inner.workers {

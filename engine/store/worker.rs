@@ -43,9 +43,12 @@ use super::StoreOptions;
 use crate::bdev::{BlockDevice, DmaBuf, IoOp, BLOCK_SIZE};
 use crate::rt;
 use crate::rt::sync::Event;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+mod cleaner;
+pub(crate) use cleaner::SEGMENT_BLOCKS;
 
 const BS: u64 = BLOCK_SIZE;
 
@@ -71,6 +74,8 @@ pub(crate) struct Shared {
     pub merged_writes: AtomicU64,
     /// Journaled blocks whose home write went to new, contiguous blocks.
     pub relocated_blocks: AtomicU64,
+    /// Blocks the cleaner moved.
+    pub cleaned_blocks: AtomicU64,
     /// The workers, for reclaiming space across them.
     pub workers: std::sync::OnceLock<Vec<std::sync::Weak<Worker>>>,
     /// One per device: shares flushes between concurrent callers.
@@ -339,6 +344,9 @@ struct Dirty {
     version: u64,
     durable: bool,
     inflight: bool,
+    /// Put here by the cleaner, not journaled: its data is already at
+    /// `pba`, so it is relocated or not written at all.
+    moved: bool,
 }
 
 /// A snapshot waiting to be written.
@@ -377,6 +385,9 @@ struct WState {
     failed: Option<String>,
     stop: bool,
     stopped: usize,
+    /// Blocks the cleaner is reading: any record that touches one removes
+    /// it, and the cleaner then leaves that block where it is.
+    clean_watch: HashSet<(u64, u64)>,
 }
 
 /// One worker of a store.
@@ -390,11 +401,14 @@ pub(crate) struct Worker {
     home_ev: Event,
     home_done_ev: Event,
     ckpt_ev: Event,
+    clean_ev: Event,
     stopped_ev: Event,
+    /// User operations started (the cleaner's idle clock).
+    activity: AtomicU64,
 }
 
 /// Background coroutines per worker.
-const BACKGROUND: usize = 3;
+const BACKGROUND: usize = 4;
 
 impl Worker {
     pub(crate) fn new(id: usize, reactor: usize, sh: Arc<Shared>, init: WorkerInit) -> Arc<Worker> {
@@ -425,12 +439,15 @@ impl Worker {
                 failed: None,
                 stop: false,
                 stopped: 0,
+                clean_watch: HashSet::new(),
             }),
             commit_ev: Event::new(),
             home_ev: Event::new(),
             home_done_ev: Event::new(),
             ckpt_ev: Event::new(),
+            clean_ev: Event::new(),
             stopped_ev: Event::new(),
+            activity: AtomicU64::new(0),
         })
     }
 
@@ -461,7 +478,8 @@ impl Worker {
                 match role {
                     0 => w.committer(),
                     1 => w.home_writer(),
-                    _ => w.checkpointer(),
+                    2 => w.checkpointer(),
+                    _ => w.cleaner(),
                 }
                 let mut st = w.st();
                 st.stopped += 1;
@@ -472,7 +490,10 @@ impl Worker {
         }
     }
 
+    /// Every user operation starts here, so it also runs the cleaner's
+    /// idle clock.
     fn check_usable(&self) -> Result<(), StoreError> {
+        self.activity.fetch_add(1, Ordering::Relaxed);
         if self.sh.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
@@ -499,6 +520,7 @@ impl Worker {
         self.home_ev.set();
         self.home_done_ev.set();
         self.ckpt_ev.set();
+        self.clean_ev.set();
     }
 
     /// Queues an operation and waits until it is durable (or failed).
@@ -1023,6 +1045,7 @@ impl Worker {
         self.home_ev.set();
         self.home_done_ev.set();
         self.ckpt_ev.set();
+        self.clean_ev.set();
     }
 
     /// Figures for stats: (dirty blocks, quarantined blocks, journal used).
@@ -1363,6 +1386,7 @@ impl Worker {
     /// Applies a record to the live state: the map, the dirty cache, and
     /// the blocks it frees (quarantined once the batch is durable).
     fn apply_live(&self, st: &mut WState, r: &Record, data: &[Arc<DmaBuf>], b: &mut Batch) {
+        unwatch(&mut st.clean_watch, r);
         let WState {
             extents,
             cache,
@@ -1394,6 +1418,7 @@ impl Worker {
                             version,
                             durable: false,
                             inflight,
+                            moved: false,
                         },
                     );
                 }
@@ -1450,6 +1475,9 @@ impl Worker {
             let crc = x.get(key.1).crc;
             if let Some(d) = st.cache.get_mut(&key) {
                 d.pba = new;
+                if d.moved {
+                    self.sh.cleaned_blocks.fetch_add(1, Ordering::Relaxed);
+                }
             }
             if let Some(Record::Map {
                 id,
@@ -1476,6 +1504,7 @@ impl Worker {
             stale.into_iter().for_each(|p| a.free(p));
         }
         for r in &recs {
+            unwatch(&mut st.clean_watch, r);
             r.apply(&mut st.extents, &mut |p| b.freed.push(p));
         }
         b.records.extend(recs);
@@ -1587,7 +1616,7 @@ impl Worker {
                         continue;
                     }
                     d.inflight = true;
-                    picked.push((key, version, d.pba, d.buf.clone()));
+                    picked.push((key, version, d.pba, d.buf.clone(), d.moved));
                 }
                 st.home_inflight += picked.len();
             }
@@ -1604,17 +1633,20 @@ impl Worker {
                 self.home_ev.wait();
                 continue;
             }
-            let result = match self.relocate(&mut picked) {
-                Some(r) => r,
-                None => self.write_in_place(&mut picked),
+            let (result, written) = match self.relocate(&mut picked) {
+                Some(r) => (r, picked.len()),
+                None => (
+                    self.write_in_place(&mut picked),
+                    picked.iter().filter(|h| !h.4).count(),
+                ),
             };
             self.sh
                 .home_bytes
-                .fetch_add(picked.len() as u64 * BS, Ordering::Relaxed);
+                .fetch_add(written as u64 * BS, Ordering::Relaxed);
             {
                 let mut st = self.st();
                 st.home_inflight -= picked.len();
-                for (key, version, _, _) in &picked {
+                for (key, version, _, _, _) in &picked {
                     if let Some(d) = st.cache.get_mut(key) {
                         if d.version == *version {
                             if result.is_ok() {
@@ -1654,7 +1686,9 @@ impl Worker {
             if a.free_blocks() < n + a.total_blocks() / 8 {
                 return None;
             }
-            a.alloc(n)?
+            // Only into one free run: a round split over scattered holes is
+            // random writes again, and scatters the data further.
+            vec![(a.alloc_run(n)?, n)]
         };
         picked.sort_by_key(|p| p.0);
         let bufs: Vec<Arc<DmaBuf>> = picked.iter().map(|h| h.3.clone()).collect();
@@ -1695,7 +1729,10 @@ impl Worker {
         if !taken.load(Ordering::Acquire) {
             return None;
         }
-        self.sh.relocated_blocks.fetch_add(n, Ordering::Relaxed);
+        let moved = picked.iter().filter(|h| h.4).count() as u64;
+        self.sh
+            .relocated_blocks
+            .fetch_add(n - moved, Ordering::Relaxed);
         Some(Ok(()))
     }
 
@@ -1703,6 +1740,8 @@ impl Worker {
     /// are consecutive on the device.
     fn write_in_place(&self, picked: &mut [HomeWrite]) -> Result<(), StoreError> {
         picked.sort_by_key(|p| p.2);
+        // Moved blocks (the cleaner's) are home already.
+        let picked: Vec<&HomeWrite> = picked.iter().filter(|h| !h.4).collect();
         let mut per_dev: Vec<Vec<IoOp>> = (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
         let mut i = 0;
         while i < picked.len() {
@@ -1850,6 +1889,32 @@ impl Worker {
     }
 }
 
+/// Stops watching the blocks a record touches (see `WState::clean_watch`).
+fn unwatch(watch: &mut HashSet<(u64, u64)>, r: &Record) {
+    if watch.is_empty() {
+        return;
+    }
+    match r {
+        Record::JWrite {
+            id,
+            lblock,
+            entries,
+        } => (0..entries.len() as u64).for_each(|i| {
+            watch.remove(&(*id, lblock + i));
+        }),
+        Record::Map {
+            id, lblock, crcs, ..
+        } => (0..crcs.len() as u64).for_each(|i| {
+            watch.remove(&(*id, lblock + i));
+        }),
+        Record::Unmap { id, lblock, count } => (0..*count).for_each(|i| {
+            watch.remove(&(*id, lblock + i));
+        }),
+        Record::Delete { id } | Record::Create { id, .. } => watch.retain(|k| k.0 != *id),
+        Record::SetGen { .. } => {}
+    }
+}
+
 /// The devices holding direct data that `records` map (bit d = device d).
 fn devices_of(records: &[Record]) -> u64 {
     records
@@ -1884,8 +1949,9 @@ fn op_blocks(op: &PendingOp, extra: u64) -> u64 {
     op_blocks_total(d + extra, r)
 }
 
-/// A home write being issued: (block key, version, home, data).
-type HomeWrite = ((u64, u64), u64, Pba, Arc<DmaBuf>);
+/// A home write being issued: (block key, version, home, data, moved by
+/// the cleaner).
+type HomeWrite = ((u64, u64), u64, Pba, Arc<DmaBuf>, bool);
 
 /// A batch being assembled by the committer.
 #[derive(Default)]

@@ -39,6 +39,9 @@ const EXTENTS: [u64; 3] = [11, 12, 13];
 fn opts(relocate: bool) -> StoreOptions {
     StoreOptions {
         relocate_home: relocate,
+        // With relocation the cleaner runs while the child writes, so
+        // kills land in its moves too.
+        clean_idle: relocate.then_some(Duration::ZERO),
         workers: 2,
         journal_size: 2 << 20,
         extent_size_max: EXT_BLOCKS * K4,
@@ -219,7 +222,9 @@ fn child(dir: &Path) {
         std::thread::spawn(move || {
             while Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
-                log.line(format!("R {}", s.stats().relocated_blocks));
+                let st = s.stats();
+                log.line(format!("R {}", st.relocated_blocks));
+                log.line(format!("C {}", st.cleaned_blocks));
             }
         });
     }
@@ -405,6 +410,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
     let mut rng = Rng(0x5eed_1234 ^ std::process::id() as u64);
     let (mut total_blocks, mut total_torn, mut total_acks, mut early_kills) = (0, 0, 0, 0);
     let mut relocated = 0u64;
+    let mut cleaned = 0u64;
     let n = cycles();
     for cycle in 0..n {
         std::fs::write(dir.join("next_seq"), next_seq.to_string()).unwrap();
@@ -448,6 +454,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
         let new_lines: Vec<String> = log[log_offset..].lines().map(str::to_string).collect();
         log_offset = log.len();
         let mut cycle_relocated = 0u64;
+        let mut cycle_cleaned = 0u64;
         for l in &new_lines {
             if let Some(s) = l.strip_prefix("S ") {
                 let seq: u64 = s.split_whitespace().next().unwrap().parse().unwrap();
@@ -458,6 +465,9 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
             }
             if let Some(r) = l.strip_prefix("R ") {
                 cycle_relocated = cycle_relocated.max(r.parse().unwrap_or(0));
+            }
+            if let Some(r) = l.strip_prefix("C ") {
+                cycle_cleaned = cycle_cleaned.max(r.parse().unwrap_or(0));
             }
         }
         let runtime = Runtime::new(Config::for_tests(2)).unwrap();
@@ -476,6 +486,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
         });
         baseline = b;
         relocated += cycle_relocated;
+        cleaned += cycle_cleaned;
         assert_eq!(store.stats().checksum_errors, 0);
         total_blocks += checked;
         total_torn += torn;
@@ -487,12 +498,16 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
     eprintln!(
         "crash test: {n} SIGKILL cycles ({early_kills} during open), {total_acks} acknowledged ops, \
          {total_blocks} blocks verified, {total_torn} in-flight writes checked for tearing, \
-         at least {relocated} blocks relocated home before the kills"
+         at least {relocated} blocks relocated home and {cleaned} moved by the cleaner before the kills"
     );
     assert!(total_acks > 0);
     assert!(
         relocated > 0,
         "home writes must have been relocated in some odd cycle"
+    );
+    assert!(
+        cleaned > 0,
+        "the cleaner must have moved blocks in some odd cycle"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

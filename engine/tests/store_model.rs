@@ -9,6 +9,7 @@ use ferrite_engine::rt::{self, Config, Runtime};
 use ferrite_engine::store::{ChunkStore, StoreError, StoreOptions};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 const K4: u64 = 4096;
 const EXT: u64 = 256 * K4; // 1 MiB extents: 256 blocks
@@ -44,9 +45,12 @@ struct Model {
     extents: HashMap<u64, (u64, HashMap<u64, u64>)>,
 }
 
+/// With relocation the cleaner runs too, while the test writes (it
+/// normally waits for the worker to be idle).
 fn opts(backend: Backend, relocate_home: bool) -> StoreOptions {
     StoreOptions {
         relocate_home,
+        clean_idle: relocate_home.then_some(Duration::ZERO),
         workers: 2,
         journal_size: 1 << 20,
         extent_size_max: EXT,
@@ -112,6 +116,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, relo
     let mut runtime = Runtime::new(Config::for_tests(2)).unwrap();
     let mut store = ChunkStore::open(&devs, &o, &runtime.handle()).unwrap();
     let (mut reopens, mut crashes, mut ckpts, mut held, mut moved) = (0, 0, 0, 0, 0);
+    let mut cleaned = 0;
     for step in 0..steps {
         let ids: Vec<u64> = m.extents.keys().copied().collect();
         let pick = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize];
@@ -224,6 +229,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, relo
                 ckpts += store.stats().checkpoints;
                 held += store.stats().held_writes;
                 moved += store.stats().relocated_blocks;
+                cleaned += store.stats().cleaned_blocks;
                 store.close().unwrap();
                 store = ChunkStore::open(&devs, &o, &runtime.handle()).unwrap();
                 reopens += 1;
@@ -234,6 +240,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, relo
                 ckpts += store.stats().checkpoints;
                 held += store.stats().held_writes;
                 moved += store.stats().relocated_blocks;
+                cleaned += store.stats().cleaned_blocks;
                 drop(store);
                 drop(runtime);
                 runtime = Runtime::new(Config::for_tests(2)).unwrap();
@@ -251,10 +258,13 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, relo
     ckpts += s.checkpoints;
     held += s.held_writes;
     moved += s.relocated_blocks;
+    cleaned += s.cleaned_blocks;
     if relocate {
         assert!(moved > 0, "home writes must have been relocated");
+        assert!(cleaned > 0, "the cleaner must have moved blocks");
     } else {
         assert_eq!(moved, 0, "relocation is off: home writes go in place");
+        assert_eq!(cleaned, 0, "no cleaner without relocation");
     }
     assert!(
         held > 0,
@@ -262,7 +272,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, relo
     );
     assert!(ckpts > 0, "the small journal must have forced checkpoints");
     eprintln!(
-        "model ({backend:?}, seed {seed}): {steps} steps, {reopens} reopens, {crashes} crash reopens, {ckpts} checkpoints while running, {held} writes held and merged, {moved} blocks relocated home"
+        "model ({backend:?}, seed {seed}): {steps} steps, {reopens} reopens, {crashes} crash reopens, {ckpts} checkpoints while running, {held} writes held and merged, {moved} blocks relocated home, {cleaned} moved by the cleaner"
     );
     store.close().unwrap();
 }
