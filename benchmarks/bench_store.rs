@@ -11,8 +11,10 @@
 //!
 //! Environment: `FERRITE_BENCH_FILE` (default: a file in the temp dir),
 //! `FERRITE_BENCH_SIZE_MB` (default 3072), `FERRITE_BENCH_SECS` (per
-//! phase, default 8), `FERRITE_BENCH_RELOCATE=1` (home writes relocated);
-//! the store README lists the others.
+//! phase, default 8), `FERRITE_BENCH_RELOCATE=1` (home writes relocated;
+//! the bench then also leaves the store idle until its cleaner settles, at
+//! most `FERRITE_BENCH_CLEAN_SECS` (default 120), and reads the working set
+//! in order again); the store README lists the others.
 
 use ferrite_benchmarks::{median, result};
 use ferrite_engine::bdev::{dma, Backend};
@@ -210,7 +212,7 @@ fn main() {
     }
     dma::configure(256 << 20);
     let mut raw_runs: Vec<[f64; 5]> = Vec::new();
-    let mut store_runs: Vec<[f64; 6]> = Vec::new();
+    let mut store_runs: Vec<[f64; 9]> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     for run in 0..runs {
         if !no_raw {
@@ -236,17 +238,53 @@ fn main() {
                 .map_or(f64::NAN, |v| v.1 / 1e6);
             raw_runs.push([rw, rr, sw, rw_sync, sr]);
         }
-        let (rw, rr, sw, sr, stats) = store_run(&file, secs, working_mb, seq_mb);
+        let (rw, rr, sw, sr, clean, stats) = store_run(&file, secs, working_mb, seq_mb);
         let iops = |p: &Phase| p.ops as f64 / p.secs;
         let mbps = |p: &Phase| p.bytes as f64 / p.secs / 1e6;
         let wa = |p: &Phase| p.dev_written as f64 / p.user_written.max(1) as f64;
-        store_runs.push([iops(&rw), iops(&rr), mbps(&sw), wa(&rw), wa(&sw), mbps(&sr)]);
+        let (sr2, clean_secs, clean_mib) =
+            clean.as_ref().map_or((f64::NAN, f64::NAN, f64::NAN), |c| {
+                (
+                    mbps(&c.seqread),
+                    c.secs,
+                    (c.moved * K4) as f64 / (1 << 20) as f64,
+                )
+            });
+        store_runs.push([
+            iops(&rw),
+            iops(&rr),
+            mbps(&sw),
+            wa(&rw),
+            wa(&sw),
+            mbps(&sr),
+            sr2,
+            clean_secs,
+            clean_mib,
+        ]);
+        if let Some(c) = &clean {
+            notes.push(format!(
+                "run {run} store cleaner: idle {:.1} s until it settled, {} MiB moved, {} MiB written to the device, runs of the working set's blocks {} -> {}, empty 4 MiB segments {} -> {}",
+                c.secs,
+                (c.moved * K4) >> 20,
+                c.dev_written >> 20,
+                c.fragments.0,
+                c.fragments.1,
+                c.free_segments.0,
+                c.free_segments.1
+            ));
+        }
         for (name, p) in [
             ("randwrite", &rw),
             ("randread", &rr),
             ("seqwrite", &sw),
             ("seqread", &sr),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            clean
+                .as_ref()
+                .map(|c| ("seqread after cleaning", &c.seqread)),
+        ) {
             notes.push(format!(
                 "run {run} store {name}: {} ops in {:.1} s, {} journal batches ({:.1} ops each), {} flushes, {:.0}% CPU (of 200%)",
                 p.ops,
@@ -272,7 +310,7 @@ fn main() {
             stats.checksum_errors
         ));
     }
-    let med = |i: usize, v: &Vec<[f64; 6]>| median(v.iter().map(|r| r[i]).collect());
+    let med = |i: usize, v: &Vec<[f64; 9]>| median(v.iter().map(|r| r[i]).collect());
     let rawmed = |i: usize| -> Option<f64> {
         (!raw_runs.is_empty()).then(|| {
             median(
@@ -326,6 +364,15 @@ fn main() {
         show(r_sr),
         pct(s_sr, r_sr)
     );
+    let cleaned = !med(6, &store_runs).is_nan();
+    if cleaned {
+        println!(
+            "| 128k seqread qd32 of the working set after the cleaner settled (MB/s) | {:.0} | {} | {} | |",
+            med(6, &store_runs),
+            show(r_sr),
+            pct(med(6, &store_runs), r_sr)
+        );
+    }
     for n in &notes {
         println!("{n}");
     }
@@ -349,19 +396,43 @@ fn main() {
     if let Some(v) = r_sr {
         result("raw_seqread_128k_mbps", v, "MB/s");
     }
+    if cleaned {
+        result(
+            "store_seqread_128k_after_clean_mbps",
+            med(6, &store_runs),
+            "MB/s",
+        );
+        result("store_clean_secs", med(7, &store_runs), "s");
+        result("store_clean_moved_mib", med(8, &store_runs), "MiB");
+    }
     result("wa_randwrite_4k", wa_rw, "ratio");
     result("wa_seqwrite_128k", wa_sw, "ratio");
 }
 
+/// What the cleaner did while the store sat idle (relocation only).
+struct Clean {
+    /// Idle time until it settled.
+    secs: f64,
+    moved: u64,
+    dev_written: u64,
+    /// Device runs of the working set's blocks, and empty segments, before
+    /// and after.
+    fragments: (u64, u64),
+    free_segments: (u64, u64),
+    /// The working set read in order afterwards.
+    seqread: Phase,
+}
+
 /// Formats the store over `file`, lays out the random working set, and
-/// measures random writes, random reads, sequential writes and a
-/// sequential read of the randomly written working set.
+/// measures random writes, random reads, a sequential read of the randomly
+/// written working set (with relocation: again after the cleaner settled)
+/// and sequential writes.
 fn store_run(
     file: &Path,
     secs: u64,
     working_mb: u64,
     seq_mb: u64,
-) -> (Phase, Phase, Phase, Phase, StoreStats) {
+) -> (Phase, Phase, Phase, Phase, Option<Clean>, StoreStats) {
     // One reactor by default: on this 2-core machine the other core does the
     // kernel's share of the I/O (completions, file system), as it does for
     // fio's single job thread; FERRITE_BENCH_REACTORS=2 for two.
@@ -434,17 +505,47 @@ fn store_run(
     // The random writes left the working set where the home writer put it
     // (relocated: scattered in the order it wrote them home); read it back
     // in order.
-    let cursor = Arc::new(AtomicU64::new(0));
     let set = rand_ext * EXTENT;
-    let sr = run_qd(&rt, &store, 3600, move |s, _, _| {
-        let at = cursor.fetch_add(128 << 10, Ordering::Relaxed);
-        if at >= set {
-            return None;
+    let seqread = || {
+        let cursor = Arc::new(AtomicU64::new(0));
+        run_qd(&rt, &store, 3600, move |s, _, _| {
+            let at = cursor.fetch_add(128 << 10, Ordering::Relaxed);
+            if at >= set {
+                return None;
+            }
+            let mut buf = vec![0u8; 128 << 10];
+            s.read(at / EXTENT, at % EXTENT, &mut buf)
+                .expect("sequential read");
+            Some(128 << 10)
+        })
+    };
+    let sr = seqread();
+    let clean = opts.relocate_home.then(|| {
+        let fragments = || -> u64 { (0..rand_ext).map(|id| store.fragments(id).unwrap()).sum() };
+        let before = store.stats();
+        let frag0 = fragments();
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(env_u64("FERRITE_BENCH_CLEAN_SECS", 120));
+        let (mut last, mut changed) = (before.cleaned_blocks, Instant::now());
+        // Settled: nothing moved for 3 s.
+        while changed.elapsed() < Duration::from_secs(3) && t0.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = store.stats().cleaned_blocks;
+            if now != last {
+                (last, changed) = (now, Instant::now());
+            }
         }
-        let mut buf = vec![0u8; 128 << 10];
-        s.read(at / EXTENT, at % EXTENT, &mut buf)
-            .expect("sequential read");
-        Some(128 << 10)
+        let secs = (changed - t0).as_secs_f64();
+        store.checkpoint().expect("checkpoint");
+        let after = store.stats();
+        Clean {
+            secs,
+            moved: after.cleaned_blocks - before.cleaned_blocks,
+            dev_written: after.device_bytes_written - before.device_bytes_written,
+            fragments: (frag0, fragments()),
+            free_segments: (before.free_segments, after.free_segments),
+            seqread: seqread(),
+        }
     });
     let cursor = Arc::new(AtomicU64::new(0));
     let (base, total) = (rand_ext * EXTENT, seq_ext * EXTENT);
@@ -461,5 +562,5 @@ fn store_run(
     let stats = store.stats();
     store.close().expect("close");
     drop(rt);
-    (rw, rr, sw, sr, stats)
+    (rw, rr, sw, sr, clean, stats)
 }

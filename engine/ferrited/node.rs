@@ -466,6 +466,8 @@ fn store_stats_json(store: &ChunkStore) -> Value {
         "flushes": s.flushes, "journal_bytes": s.journal_bytes, "home_bytes": s.home_bytes,
         "direct_bytes": s.direct_bytes, "checkpoint_bytes": s.checkpoint_bytes,
         "relocated_bytes": s.relocated_blocks * ferrite_engine::bdev::BLOCK_SIZE,
+        "cleaned_bytes": s.cleaned_blocks * ferrite_engine::bdev::BLOCK_SIZE,
+        "free_segments": s.free_segments,
         "checksum_errors": s.checksum_errors, "write_amplification": s.write_amplification,
         "devices": s.devices.iter().map(|d| json!({"name": d.name, "bytes_written": d.stats.bytes_written, "bytes_read": d.stats.bytes_read, "flushes": d.stats.flushes})).collect::<Vec<_>>(),
     })
@@ -709,6 +711,18 @@ fn register_store_metrics(m: &Metrics, store: Arc<ChunkStore>) {
             "Blocks whose crc32c did not match on read",
             vec![],
             s.checksum_errors as f64,
+        ));
+        out.push(Sample::counter(
+            "ferrite_store_cleaned_bytes_total",
+            "Bytes the store's cleaner moved (with --relocate-home)",
+            vec![],
+            (s.cleaned_blocks * ferrite_engine::bdev::BLOCK_SIZE) as f64,
+        ));
+        out.push(Sample::gauge(
+            "ferrite_store_free_segments",
+            "4 MiB segments of the data area with no block in use",
+            vec![],
+            s.free_segments as f64,
         ));
         let (t, f) = store.capacity();
         out.push(Sample::gauge(

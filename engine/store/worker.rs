@@ -1026,6 +1026,10 @@ impl Worker {
                     reason: r.clone(),
                 });
             }
+            if st.stop {
+                // The committer may be gone: nobody would answer.
+                return Err(StoreError::Closed);
+            }
             st.ckpt_waiters.push(c.clone());
         }
         self.commit_ev.set();

@@ -43,8 +43,9 @@ fn fio_verify_4k_and_64k_through_nbd() {
 
 /// `--relocate-home`: journaled blocks go home to new blocks. Random 4k
 /// writes through NBD (more than a quarter of the journals, so home writes
-/// run), verified by fio; the node is SIGKILLed and the data verified again
-/// after journal replay.
+/// run), verified by fio. Once the node is idle its cleaner moves the
+/// scattered blocks back in order; the node is then SIGKILLed and the data
+/// verified again after journal replay.
 #[test]
 fn relocated_home_writes_verify_before_and_after_sigkill() {
     let mut c = Cluster::start("relocate", 1);
@@ -57,6 +58,11 @@ fn relocated_home_writes_verify_before_and_after_sigkill() {
     let st = c.node(0).rpc_ok("store_get_stats", Value::Null);
     assert!(st["relocated_bytes"].as_u64().unwrap() > 0, "{st}");
     assert_eq!(st["checksum_errors"], 0);
+    let cleaned = eventually(|| {
+        let st = c.node(0).rpc_ok("store_get_stats", Value::Null);
+        st["cleaned_bytes"].as_u64().unwrap() > 0
+    });
+    assert!(cleaned, "the idle node's cleaner moved nothing");
     c.restart_node(0);
     let back = eventually(|| {
         let l = c.node(0).rpc_ok("nbd_export_list", Value::Null).to_string();

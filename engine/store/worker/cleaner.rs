@@ -53,10 +53,12 @@ const SCAN_BLOCKS: u64 = 1 << 16;
 /// How often an idle cleaner looks for work, at most and at least.
 const TICK_MIN: Duration = Duration::from_millis(1);
 const TICK_MAX: Duration = Duration::from_millis(100);
-/// How often it looks once a full pass found nothing to do.
+/// How often a quiet cleaner (a full pass found nothing to do) looks
+/// whether the store has changed since.
 const TICK_QUIET: Duration = Duration::from_secs(1);
 
 /// What one step did.
+#[derive(Debug)]
 enum Step {
     /// Moved this many blocks (0: it looked at part of the work).
     Moved(u64),
@@ -73,6 +75,9 @@ struct Cleaner {
     evacuated: HashSet<Pba>,
     /// Where defragmentation goes on: (extent id, block).
     cursor: (u64, u64),
+    /// Blocks of extent examined since a fragmented window was last found
+    /// (a full pass is done once this reaches the size of all extents).
+    scanned: u64,
     /// A full pass found nothing to do.
     quiet: bool,
     /// The last step moved blocks: go on without a nap while idle.
@@ -128,10 +133,13 @@ impl Worker {
                 }
             }
             c.working = false;
-            if quiet_since.elapsed() < idle {
+            // Quiet: nothing to do until a user operation changes the store.
+            if c.quiet || quiet_since.elapsed() < idle {
                 continue;
             }
-            match self.clean_step(&mut c) {
+            let step = self.clean_step(&mut c);
+            log::debug!("store worker {}: cleaner step: {step:?}", self.id);
+            match step {
                 Step::Moved(0) => c.working = true,
                 Step::Moved(_) => {
                     c.working = true;
@@ -151,12 +159,12 @@ impl Worker {
                     }
                 }
                 Step::Checkpoint => {
+                    let free = self.sh.alloc().free_blocks();
                     if self.checkpoint().is_err() {
                         return;
                     }
-                    if c.evacuated.is_empty() {
-                        // Nothing was waiting but quarantined blocks: if
-                        // they were not enough, do not checkpoint again and
+                    if self.sh.alloc().free_blocks() <= free {
+                        // It released nothing: do not checkpoint again and
                         // again.
                         c.quiet = true;
                     }
@@ -283,6 +291,7 @@ impl Worker {
             return None;
         }
         ids.sort_unstable();
+        let all: u64 = st.extents.values().map(|x| x.blocks()).sum();
         let first = ids.partition_point(|&i| i < c.cursor.0);
         let mut budget = SCAN_BLOCKS;
         for k in 0..ids.len() {
@@ -294,12 +303,19 @@ impl Worker {
                 0
             };
             while w < x.blocks() {
+                if c.scanned >= all {
+                    // A full pass found nothing.
+                    c.scanned = 0;
+                    c.cursor = (id, w);
+                    return None;
+                }
                 if budget == 0 {
                     c.cursor = (id, w);
                     return Some(Vec::new());
                 }
                 let end = (w + WINDOW).min(x.blocks());
                 budget = budget.saturating_sub(end - w);
+                c.scanned += end - w;
                 let mut runs = 0;
                 let mut prev: Option<Pba> = None;
                 let mut picked = Vec::new();
@@ -319,12 +335,14 @@ impl Worker {
                 w = end;
                 if runs > FRAGMENTS_OK && !picked.is_empty() {
                     c.cursor = (id, w);
+                    c.scanned = 0;
                     watch(&mut st, &picked);
                     return Some(picked);
                 }
             }
         }
         c.cursor = (0, 0);
+        c.scanned = 0;
         None
     }
 
@@ -339,6 +357,8 @@ impl Worker {
         let blocks = self.read_picked(&picked);
         let mut st = self.st();
         let mut handed = 0;
+        // Stopping: the home writer may be gone.
+        let blocks = blocks.filter(|_| !st.stop);
         if let Some(blocks) = blocks {
             for ((key, e), data) in picked.iter().zip(blocks) {
                 let untouched = st.clean_watch.contains(key);
