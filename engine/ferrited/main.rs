@@ -61,7 +61,9 @@ struct Args {
     device_size: u64,
     /// Write journaled blocks home to new contiguous blocks instead of in
     /// place: faster small random writes, but data and free space get
-    /// scattered (slower sequential I/O later); see engine/store/README.md.
+    /// scattered (slower sequential I/O) until the store's cleaner puts
+    /// them back in order while the node is idle; see
+    /// engine/store/README.md.
     #[arg(long)]
     relocate_home: bool,
     /// ferrite-meta endpoints, host:port, comma separated.

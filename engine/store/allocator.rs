@@ -230,6 +230,46 @@ impl Allocator {
         None
     }
 
+    /// Allocates `n` blocks from the holes of the fullest segments that
+    /// have any, as runs `(first, count)`; nothing if fewer than `n` are
+    /// free. The cleaner's way out when free space is all holes and
+    /// `alloc_run` finds no run: moving blocks from the emptiest segments
+    /// into the fullest ones empties the former without scattering the
+    /// free space further.
+    pub fn alloc_holes(&mut self, n: u64) -> Option<Vec<(Pba, u64)>> {
+        if n == 0 || self.free_blocks() < n {
+            return None;
+        }
+        let mut segs = self.segments(SEGMENT_BLOCKS);
+        segs.retain(|g| g.used < g.blocks);
+        // Fullest first; empty segments last.
+        segs.sort_by_key(|g| (g.used == 0, std::cmp::Reverse(g.used)));
+        let mut runs: Vec<(Pba, u64)> = Vec::new();
+        let mut left = n;
+        for g in segs {
+            let d = g.first.device();
+            let dev = &mut self.devs[d];
+            let first = g.first.block() - dev.start;
+            for i in first..first + g.blocks {
+                if left == 0 {
+                    return Some(runs);
+                }
+                if dev.is_used(i) {
+                    continue;
+                }
+                dev.set(i, true);
+                dev.free -= 1;
+                left -= 1;
+                let p = Pba::new(d, dev.start + i);
+                match runs.last_mut() {
+                    Some((q, k)) if q.plus(*k) == p => *k += 1,
+                    _ => runs.push((p, 1)),
+                }
+            }
+        }
+        (left == 0).then_some(runs)
+    }
+
     /// Every segment of `seg` blocks of every device, with its use.
     pub fn segments(&self, seg: u64) -> Vec<Segment> {
         let mut out = Vec::new();
@@ -425,5 +465,26 @@ mod tests {
         assert_eq!(a.free_blocks(), 767);
         assert_eq!(a.alloc_run(768), None);
         assert_eq!(a.alloc_run(767), Some(Pba::new(0, SEGMENT_BLOCKS + 257)));
+    }
+
+    #[test]
+    fn alloc_holes_fills_the_fullest_segments_first() {
+        let seg = SEGMENT_BLOCKS;
+        let mut a = Allocator::new(&[(0, 3 * seg)]);
+        assert!(a.alloc_run(3 * seg).is_some());
+        let free =
+            |a: &mut Allocator, r: std::ops::Range<u64>| r.for_each(|b| a.free(Pba::new(0, b)));
+        free(&mut a, 0..600); // segment 0: 424 used
+        free(&mut a, seg + 76..seg + 86); // segment 1: 1014 used
+        free(&mut a, 2 * seg + 52..2 * seg + 552); // segment 2: 524 used
+        assert_eq!(a.alloc_holes(2000), None);
+        assert_eq!(
+            a.alloc_holes(15),
+            Some(vec![
+                (Pba::new(0, seg + 76), 10),
+                (Pba::new(0, 2 * seg + 52), 5)
+            ])
+        );
+        assert_eq!(a.free_blocks(), 600 + 495);
     }
 }

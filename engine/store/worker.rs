@@ -1691,8 +1691,15 @@ impl Worker {
                 return None;
             }
             // Only into one free run: a round split over scattered holes is
-            // random writes again, and scatters the data further.
-            vec![(a.alloc_run(n)?, n)]
+            // random writes again, and scatters the data further. Except
+            // the cleaner's own rounds: when free space is all holes, moving
+            // blocks into the fullest segments' holes is how it empties
+            // segments at all.
+            match a.alloc_run(n) {
+                Some(p) => vec![(p, n)],
+                None if picked.iter().all(|h| h.4) => a.alloc_holes(n)?,
+                None => return None,
+            }
         };
         picked.sort_by_key(|p| p.0);
         let bufs: Vec<Arc<DmaBuf>> = picked.iter().map(|h| h.3.clone()).collect();

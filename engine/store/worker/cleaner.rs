@@ -246,6 +246,15 @@ impl Worker {
                 return Step::Checkpoint;
             }
         }
+        // Defragmenting needs whole free runs; the rounds of an evacuation
+        // may have to go into holes, a defragmentation's must not.
+        if segments.iter().filter(|g| g.used == 0).count() < 2 {
+            return if released {
+                Step::Checkpoint
+            } else {
+                Step::Nothing
+            };
+        }
         match self.pick_fragmented(c) {
             Some(picked) => Step::Moved(self.move_blocks(picked)),
             None if !c.evacuated.is_empty() => Step::Checkpoint,
