@@ -11,10 +11,11 @@
 //!
 //! Environment: `FERRITE_BENCH_FILE` (default: a file in the temp dir),
 //! `FERRITE_BENCH_SIZE_MB` (default 3072), `FERRITE_BENCH_SECS` (per
-//! phase, default 8), `FERRITE_BENCH_RELOCATE=1` (home writes relocated;
-//! the bench then also leaves the store idle until its cleaner settles, at
-//! most `FERRITE_BENCH_CLEAN_SECS` (default 120), and reads the working set
-//! in order again); the store README lists the others.
+//! phase, default 8), `FERRITE_BENCH_RELOCATE` (1, the default: home
+//! writes relocated, and the bench leaves the store idle until its cleaner
+//! settles, at most `FERRITE_BENCH_CLEAN_SECS` (default 120), then reads
+//! the working set in order again; 0: in place); the store README lists
+//! the others.
 
 use ferrite_benchmarks::{median, result};
 use ferrite_engine::bdev::{dma, Backend};
@@ -448,9 +449,9 @@ fn store_run(
             "FERRITE_BENCH_MERGE_KB",
             StoreOptions::default().merge_max >> 10,
         ) << 10,
-        // FERRITE_BENCH_RELOCATE=1: home writes to new blocks (relocation)
-        // instead of in place (the default).
-        relocate_home: env_u64("FERRITE_BENCH_RELOCATE", 0) != 0,
+        // FERRITE_BENCH_RELOCATE=0: home writes in place instead of to new
+        // blocks (relocation, the default).
+        relocate_home: env_u64("FERRITE_BENCH_RELOCATE", 1) != 0,
         ..Default::default()
     };
     ChunkStore::format(&[file.to_path_buf()], &opts).expect("format");

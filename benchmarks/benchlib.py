@@ -132,7 +132,7 @@ class Procs:
 
     def node(self, name, meta_port, device_size="3G", cores="0-1", extra=()):
         # FERRITE_NODE_ARGS: more ferrited flags for every node, e.g.
-        # "--relocate-home".
+        # "--home-in-place".
         extra = [*extra, *os.environ.get("FERRITE_NODE_ARGS", "").split()]
         nbd = free_port()
         sock = f"{self.tmp}/{name}.sock"

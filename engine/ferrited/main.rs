@@ -59,13 +59,13 @@ struct Args {
     /// Size of a device file created because it does not exist (e.g. 8G).
     #[arg(long, default_value = "8G", value_parser = parse_size)]
     device_size: u64,
-    /// Write journaled blocks home to new contiguous blocks instead of in
-    /// place: faster small random writes, but data and free space get
-    /// scattered (slower sequential I/O) until the store's cleaner puts
-    /// them back in order while the node is idle; see
-    /// engine/store/README.md.
+    /// Write journaled blocks home in place instead of to new contiguous
+    /// blocks (the default). Relocation gives faster small random writes,
+    /// but scatters data and free space (slower sequential I/O) until the
+    /// store's cleaner puts them back in order while the node is idle; in
+    /// place never scatters; see engine/store/README.md.
     #[arg(long)]
-    relocate_home: bool,
+    home_in_place: bool,
     /// ferrite-meta endpoints, host:port, comma separated.
     #[arg(long, default_value = "127.0.0.1:7000", value_delimiter = ',')]
     meta: Vec<String>,
@@ -201,7 +201,7 @@ fn run(args: Args) -> Result<(), String> {
         advertise_host: args.advertise.clone(),
         nvmf_advertise: args.nvmf_advertise.clone(),
         data_dir: args.data_dir.clone(),
-        relocate_home: args.relocate_home,
+        relocate_home: !args.home_in_place,
     };
     let dpdk_cfg = dpdk::config(&args)?;
 

@@ -56,8 +56,8 @@ pub struct NodeConfig {
     /// `--data-dir`: where node state lives when the device is a block
     /// device (the saved exports).
     pub data_dir: PathBuf,
-    /// `--relocate-home`: the store writes journaled blocks home to new
-    /// contiguous blocks instead of in place.
+    /// The store writes journaled blocks home to new contiguous blocks
+    /// (false with `--home-in-place`: in place).
     pub relocate_home: bool,
 }
 
@@ -714,7 +714,7 @@ fn register_store_metrics(m: &Metrics, store: Arc<ChunkStore>) {
         ));
         out.push(Sample::counter(
             "ferrite_store_cleaned_bytes_total",
-            "Bytes the store's cleaner moved (with --relocate-home)",
+            "Bytes the store's cleaner moved",
             vec![],
             (s.cleaned_blocks * ferrite_engine::bdev::BLOCK_SIZE) as f64,
         ));

@@ -85,9 +85,10 @@ pub struct StoreOptions {
     pub quarantine_max: u64,
     /// Write journaled blocks home to newly allocated, contiguous blocks
     /// (their mapping journaled) instead of in place, while at least an
-    /// eighth of the store is free. Default false: relocation raises
-    /// random-write IOPS but scatters the data and the free space (see the
-    /// store README, *Write home*).
+    /// eighth of the store is free. Default true: relocation raises
+    /// random-write IOPS and scatters the data and the free space, which
+    /// the cleaner puts back in order while the worker is idle (see the
+    /// store README, *Write home* and *Cleaner*). False: in place.
     pub relocate_home: bool,
     /// With `relocate_home`: how long a worker must have served no reads
     /// or writes before its cleaner moves blocks (see the store README,
@@ -111,7 +112,7 @@ impl Default for StoreOptions {
             hold_timeout: Duration::from_micros(200),
             max_batch_bytes: 4 << 20,
             quarantine_max: 256 << 20,
-            relocate_home: false,
+            relocate_home: true,
             clean_idle: Some(Duration::from_millis(200)),
         }
     }

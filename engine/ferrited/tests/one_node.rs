@@ -41,7 +41,7 @@ fn fio_verify_4k_and_64k_through_nbd() {
     assert_eq!(st["checksum_errors"], 0);
 }
 
-/// `--relocate-home`: journaled blocks go home to new blocks. Random 4k
+/// Journaled blocks go home to new blocks (the default). Random 4k
 /// writes through NBD (more than a quarter of the journals, so home writes
 /// run), verified by fio. Once the node is idle its cleaner moves the
 /// scattered blocks back in order; the node is then SIGKILLed and the data
@@ -49,7 +49,7 @@ fn fio_verify_4k_and_64k_through_nbd() {
 #[test]
 fn relocated_home_writes_verify_before_and_after_sigkill() {
     let mut c = Cluster::start("relocate", 1);
-    c.add_node_with(&["--relocate-home"]);
+    c.add_node();
     c.volume("pool0", 1, "vol0", 256 * MIB);
     c.node(0).rpc_ok("volume_export", json!({"name": "vol0"}));
     let job = ["--rw=randwrite", "--randrepeat=1"];
