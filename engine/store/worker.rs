@@ -5,7 +5,7 @@
 //! reactor is the only user, other threads only read statistics) and is
 //! never held across a park.
 //!
-//! # Three background coroutines
+//! # Four background coroutines
 //! - The *committer* takes queued operations in order, resolves them
 //!   against the current map (home blocks for journaled writes, validity),
 //!   applies them to the in-memory map, writes them as one journal batch and
@@ -16,8 +16,9 @@
 //!   moment every applied operation is durable, so the snapshot is exactly
 //!   the state at its journal position.
 //! - The *home writer* copies journaled blocks, once durable, from memory
-//!   to their home blocks (an overwrite of a mapped block goes in place; the
-//!   journal copy covers a torn home write). Write-back is deferred until a
+//!   to their home: by default to new contiguous blocks, with their new
+//!   mapping journaled (relocation), or in place, where the journal copy
+//!   covers a torn home write. Write-back is deferred until a
 //!   quarter of the journal is dirty or a checkpoint needs it, then done in
 //!   sorted rounds of up to 256 blocks, merging neighbours: rewrites of a
 //!   hot block cost one home write, and group commits do not queue behind
@@ -31,6 +32,9 @@
 //!   that mappings stopped pointing to before that position (quarantine:
 //!   reusing them earlier could overwrite data that a crash would bring
 //!   back).
+//! - The *cleaner* (`cleaner.rs`, relocation only) moves blocks while the
+//!   worker is idle, so that free space stays in whole segments and extents
+//!   in logical order; it hands them to the home writer as moved versions.
 
 use super::allocator::Allocator;
 use super::checkpoint;
