@@ -63,6 +63,22 @@ fn relocated_home_writes_verify_before_and_after_sigkill() {
         st["cleaned_bytes"].as_u64().unwrap() > 0
     });
     assert!(cleaned, "the idle node's cleaner moved nothing");
+    // The same counter on the Prometheus endpoint.
+    let mut http = std::net::TcpStream::connect(("127.0.0.1", c.node(0).metrics)).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    http.read_to_string(&mut page).unwrap();
+    let moved: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("ferrite_store_cleaned_bytes_total "))
+        .unwrap_or_else(|| panic!("no ferrite_store_cleaned_bytes_total in:\n{page}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(moved > 0.0, "ferrite_store_cleaned_bytes_total is {moved}");
+    assert!(page.contains("ferrite_store_free_segments "), "{page}");
     c.restart_node(0);
     let back = eventually(|| {
         let l = c.node(0).rpc_ok("nbd_export_list", Value::Null).to_string();
