@@ -409,6 +409,9 @@ pub(crate) struct Worker {
     stopped_ev: Event,
     /// User operations started (the cleaner's idle clock).
     activity: AtomicU64,
+    /// Blocks this worker's cleaner moved (the store's total is in
+    /// `Shared::cleaned_blocks`).
+    cleaned: AtomicU64,
 }
 
 /// Background coroutines per worker.
@@ -452,6 +455,7 @@ impl Worker {
             clean_ev: Event::new(),
             stopped_ev: Event::new(),
             activity: AtomicU64::new(0),
+            cleaned: AtomicU64::new(0),
         })
     }
 
@@ -1485,6 +1489,7 @@ impl Worker {
                 d.pba = new;
                 if d.moved {
                     self.sh.cleaned_blocks.fetch_add(1, Ordering::Relaxed);
+                    self.cleaned.fetch_add(1, Ordering::Relaxed);
                 }
             }
             if let Some(Record::Map {

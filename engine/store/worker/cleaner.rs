@@ -144,9 +144,9 @@ impl Worker {
                 Step::Moved(_) => {
                     c.working = true;
                     c.quiet = false;
-                    let before = self.sh.cleaned_blocks.load(Ordering::Relaxed);
+                    let before = self.cleaned.load(Ordering::Relaxed);
                     self.wait_home_written();
-                    if self.sh.cleaned_blocks.load(Ordering::Relaxed) == before {
+                    if self.cleaned.load(Ordering::Relaxed) == before {
                         // Nothing could be relocated (no free run, too little
                         // free space, or the journal was full). Blocks freed
                         // since the last checkpoint may be what is missing;
