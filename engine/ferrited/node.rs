@@ -358,8 +358,9 @@ fn open_store(cfg: &NodeConfig, handle: &Handle) -> Result<Arc<ChunkStore>, Stri
     };
     let devices = cfg.devices.clone();
     let h = handle.clone();
+    let o = opts.clone();
     let opened = handle
-        .spawn_on(0, move || ChunkStore::open(&devices, &opts, &h))
+        .spawn_on(0, move || ChunkStore::open(&devices, &o, &h))
         .join()
         .map_err(|e| e.to_string())?;
     match opened {
@@ -370,11 +371,6 @@ fn open_store(cfg: &NodeConfig, handle: &Handle) -> Result<Arc<ChunkStore>, Stri
                 return Err(format!("device {device} is not a Ferrite store ({reason}); refusing to format a device that holds data"));
             }
             log::info!("formatting blank device(s) {:?}", cfg.devices);
-            let opts = StoreOptions {
-                workers: handle.reactor_count(),
-                relocate_home: cfg.relocate_home,
-                ..StoreOptions::default()
-            };
             let devices = cfg.devices.clone();
             let h = handle.clone();
             handle
