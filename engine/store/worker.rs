@@ -1629,7 +1629,13 @@ impl Worker {
                         continue;
                     }
                     d.inflight = true;
-                    picked.push((key, version, d.pba, d.buf.clone(), d.moved));
+                    picked.push(HomeWrite {
+                        key,
+                        version,
+                        home: d.pba,
+                        buf: d.buf.clone(),
+                        moved: d.moved,
+                    });
                 }
                 st.home_inflight += picked.len();
             }
@@ -1650,7 +1656,7 @@ impl Worker {
                 Some(r) => (r, picked.len()),
                 None => (
                     self.write_in_place(&mut picked),
-                    picked.iter().filter(|h| !h.4).count(),
+                    picked.iter().filter(|h| !h.moved).count(),
                 ),
             };
             self.sh
@@ -1659,11 +1665,11 @@ impl Worker {
             {
                 let mut st = self.st();
                 st.home_inflight -= picked.len();
-                for (key, version, _, _, _) in &picked {
-                    if let Some(d) = st.cache.get_mut(key) {
-                        if d.version == *version {
+                for h in &picked {
+                    if let Some(d) = st.cache.get_mut(&h.key) {
+                        if d.version == h.version {
                             if result.is_ok() {
-                                st.cache.remove(key);
+                                st.cache.remove(&h.key);
                             }
                         } else {
                             d.inflight = false;
@@ -1706,12 +1712,12 @@ impl Worker {
             // segments at all.
             match a.alloc_run(n) {
                 Some(p) => vec![(p, n)],
-                None if picked.iter().all(|h| h.4) => a.alloc_holes(n)?,
+                None if picked.iter().all(|h| h.moved) => a.alloc_holes(n)?,
                 None => return None,
             }
         };
-        picked.sort_by_key(|p| p.0);
-        let bufs: Vec<Arc<DmaBuf>> = picked.iter().map(|h| h.3.clone()).collect();
+        picked.sort_by_key(|h| h.key);
+        let bufs: Vec<Arc<DmaBuf>> = picked.iter().map(|h| h.buf.clone()).collect();
         if let Err(e) = self.sh.write_runs(&runs, &bufs) {
             return Some(Err(e));
         }
@@ -1721,7 +1727,7 @@ impl Worker {
         let items: Vec<Relocation> = picked
             .iter()
             .zip(homes)
-            .map(|(h, p)| (h.0, h.1, p))
+            .map(|(h, p)| (h.key, h.version, p))
             .collect();
         let taken = Arc::new(AtomicBool::new(false));
         let c = Completion::new();
@@ -1749,7 +1755,7 @@ impl Worker {
         if !taken.load(Ordering::Acquire) {
             return None;
         }
-        let moved = picked.iter().filter(|h| h.4).count() as u64;
+        let moved = picked.iter().filter(|h| h.moved).count() as u64;
         self.sh
             .relocated_blocks
             .fetch_add(n - moved, Ordering::Relaxed);
@@ -1759,19 +1765,21 @@ impl Worker {
     /// Writes a round of home writes in place, sorted, merging blocks that
     /// are consecutive on the device.
     fn write_in_place(&self, picked: &mut [HomeWrite]) -> Result<(), StoreError> {
-        picked.sort_by_key(|p| p.2);
+        picked.sort_by_key(|h| h.home);
         // Moved blocks (the cleaner's) are home already.
-        let picked: Vec<&HomeWrite> = picked.iter().filter(|h| !h.4).collect();
+        let picked: Vec<&HomeWrite> = picked.iter().filter(|h| !h.moved).collect();
         let mut per_dev: Vec<Vec<IoOp>> = (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
         let mut i = 0;
         while i < picked.len() {
             // Merge blocks that are consecutive on the device.
-            let start = picked[i].2;
-            let mut bufs = vec![picked[i].3.clone()];
+            let start = picked[i].home;
+            let mut bufs = vec![picked[i].buf.clone()];
             let mut j = i + 1;
-            while j < picked.len() && picked[j].2 == start.plus((j - i) as u64) && bufs.len() < 256
+            while j < picked.len()
+                && picked[j].home == start.plus((j - i) as u64)
+                && bufs.len() < 256
             {
-                bufs.push(picked[j].3.clone());
+                bufs.push(picked[j].buf.clone());
                 j += 1;
             }
             per_dev[start.device()].push(IoOp::Writev {
@@ -1969,9 +1977,18 @@ fn op_blocks(op: &PendingOp, extra: u64) -> u64 {
     op_blocks_total(d + extra, r)
 }
 
-/// A home write being issued: (block key, version, home, data, moved by
-/// the cleaner).
-type HomeWrite = ((u64, u64), u64, Pba, Arc<DmaBuf>, bool);
+/// A home write being issued.
+struct HomeWrite {
+    /// (extent, block).
+    key: (u64, u64),
+    /// The dirty-cache version copied.
+    version: u64,
+    /// Where the block lives now (written here when in place).
+    home: Pba,
+    buf: Arc<DmaBuf>,
+    /// Put in the cache by the cleaner (`Dirty::moved`).
+    moved: bool,
+}
 
 /// A batch being assembled by the committer.
 #[derive(Default)]
