@@ -1918,29 +1918,26 @@ impl Worker {
 }
 
 /// Stops watching the blocks a record touches (see `WState::clean_watch`).
+/// The watch holds at most one cleaner step, so this walks the watch, not
+/// the record's range (an unmap may cover a whole extent).
 fn unwatch(watch: &mut HashSet<(u64, u64)>, r: &Record) {
     if watch.is_empty() {
         return;
     }
-    match r {
+    let (id, blocks) = match r {
         Record::JWrite {
             id,
             lblock,
             entries,
-        } => (0..entries.len() as u64).for_each(|i| {
-            watch.remove(&(*id, lblock + i));
-        }),
+        } => (*id, *lblock..lblock + entries.len() as u64),
         Record::Map {
             id, lblock, crcs, ..
-        } => (0..crcs.len() as u64).for_each(|i| {
-            watch.remove(&(*id, lblock + i));
-        }),
-        Record::Unmap { id, lblock, count } => (0..*count).for_each(|i| {
-            watch.remove(&(*id, lblock + i));
-        }),
-        Record::Delete { id } | Record::Create { id, .. } => watch.retain(|k| k.0 != *id),
-        Record::SetGen { .. } => {}
-    }
+        } => (*id, *lblock..lblock + crcs.len() as u64),
+        Record::Unmap { id, lblock, count } => (*id, *lblock..lblock + count),
+        Record::Delete { id } | Record::Create { id, .. } => (*id, 0..u64::MAX),
+        Record::SetGen { .. } => return,
+    };
+    watch.retain(|k| k.0 != id || !blocks.contains(&k.1));
 }
 
 /// The devices holding direct data that `records` map (bit d = device d).
