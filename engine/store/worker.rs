@@ -779,7 +779,7 @@ impl Worker {
             // the blocks not mapped yet need space, and the write stays
             // atomic as long as it fits in one batch.
             Err(StoreError::NoSpace { .. })
-                if op_blocks_total(n, 32 + 12 * n) <= self.max_batch_blocks() =>
+                if op_blocks_total(n, jwrite_record_bytes(n)) <= self.max_batch_blocks() =>
             {
                 return self.journal_write(id, lblock, bufs, crcs, extra);
             }
@@ -1955,12 +1955,17 @@ fn devices_of(records: &[Record]) -> u64 {
 /// bound of the encoded size).
 fn op_cost(op: &PendingOp) -> (u64, u64) {
     match &op.kind {
-        OpKind::JWrite { bufs, .. } => (bufs.len() as u64, 32 + 12 * bufs.len() as u64),
+        OpKind::JWrite { bufs, .. } => (bufs.len() as u64, jwrite_record_bytes(bufs.len() as u64)),
         OpKind::Map { runs, crcs, .. } => (0, 40 * runs.len() as u64 + 4 * crcs.len() as u64),
         // At most one Map record per block (neighbours share one).
         OpKind::Relocate { items, .. } => (0, 40 * items.len() as u64),
         _ => (0, 40),
     }
+}
+
+/// Record bytes of a journaled write of `n` blocks (an upper bound).
+fn jwrite_record_bytes(n: u64) -> u64 {
+    32 + 12 * n
 }
 
 /// Journal blocks of a batch with this much data and records.
