@@ -435,18 +435,20 @@ impl Worker {
             while end < runs.len() && runs[end].0.device() == d {
                 end += 1;
             }
+            // Straight into one buffer per block: the dirty cache holds
+            // blocks, so nothing is copied after the read.
             let ops: Vec<IoOp> = runs[at..end]
                 .iter()
-                .map(|&(p, n)| IoOp::Read {
+                .map(|&(p, n)| IoOp::Readv {
                     offset: p.block() * BS,
-                    buf: DmaBuf::new((n * BS) as usize),
+                    bufs: (0..n).map(|_| DmaBuf::new(BS as usize)).collect(),
                 })
                 .collect();
             match self.sh.run_ops(d, ops) {
                 Ok(done) => {
                     for op in done {
-                        if let IoOp::Read { buf, .. } = op {
-                            out.extend(buf.as_slice().chunks(BS as usize).map(DmaBuf::copy_from));
+                        if let IoOp::Readv { bufs, .. } = op {
+                            out.extend(bufs);
                         }
                     }
                 }
