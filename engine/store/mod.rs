@@ -797,7 +797,7 @@ impl ChunkStore {
             cleaned_blocks: l(&sh.cleaned_blocks),
             free_segments: sh
                 .alloc()
-                .segments(worker::SEGMENT_BLOCKS)
+                .segments(allocator::SEGMENT_BLOCKS)
                 .iter()
                 .filter(|g| g.used == 0)
                 .count() as u64,

@@ -52,7 +52,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 mod cleaner;
-pub(crate) use cleaner::SEGMENT_BLOCKS;
 
 const BS: u64 = BLOCK_SIZE;
 

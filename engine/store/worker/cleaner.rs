@@ -40,7 +40,7 @@ use super::*;
 use crate::store::allocator::Segment;
 use std::time::{Duration, Instant};
 
-pub(crate) use crate::store::allocator::SEGMENT_BLOCKS;
+use crate::store::allocator::SEGMENT_BLOCKS;
 /// Blocks of an extent examined, and moved, together when defragmenting.
 const WINDOW: u64 = 256;
 /// A window whose mapped blocks form at most this many device runs is
