@@ -131,7 +131,7 @@ pub fn decode_payload(
     let mut out = HashMap::new();
     for _ in 0..n {
         let (id, size, generation) = (d.u64()?, d.u64()?, d.u64()?);
-        if size > max_extent || size % BLOCK_SIZE != 0 {
+        if !Extent::size_fits(size, max_extent) {
             return None;
         }
         let mut x = Extent::new(size, generation);

@@ -60,6 +60,13 @@ pub struct Extent {
 }
 
 impl Extent {
+    /// Whether `size` is one a store with extents of at most `max` bytes
+    /// can hold: whole 4 KiB blocks, not above `max`. (Creating one also
+    /// needs it non-zero.)
+    pub fn size_fits(size: u64, max: u64) -> bool {
+        size <= max && size % crate::bdev::BLOCK_SIZE == 0
+    }
+
     /// An empty extent of `size` bytes (a multiple of 4 KiB).
     pub fn new(size: u64, generation: u64) -> Self {
         let blocks = size / crate::bdev::BLOCK_SIZE;

@@ -142,7 +142,7 @@ impl Record {
         Some(match d.u8()? {
             1 => {
                 let (id, size, generation) = (d.u64()?, d.u64()?, d.u64()?);
-                if size > max_extent || size % BLOCK_SIZE != 0 {
+                if !Extent::size_fits(size, max_extent) {
                     return None;
                 }
                 Record::Create {

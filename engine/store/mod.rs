@@ -43,6 +43,7 @@ pub use error::StoreError;
 use crate::bdev::{self, Backend, BlockDevice, DeviceStatsSnapshot, DmaBuf, IoOp, BLOCK_SIZE};
 use crate::rt;
 use allocator::Allocator;
+use extent::Extent;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -642,7 +643,7 @@ impl ChunkStore {
     /// at most the extent size of the format).
     pub fn create_extent(&self, id: u64, size: u64) -> Result<(), StoreError> {
         let max = self.inner.sh.opts.extent_size_max;
-        if size == 0 || size % BS != 0 || size > max {
+        if size == 0 || !Extent::size_fits(size, max) {
             return Err(StoreError::BadSize {
                 extent: id,
                 size,
