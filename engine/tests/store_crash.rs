@@ -13,8 +13,8 @@
 //! Three workloads run at once: small random writes (journaled), large
 //! writes and unmaps (direct), and sequential streams issued four at a time
 //! (held and merged). The journal is small, so checkpoints and journal wrap
-//! happen many times per cycle. Home writes go in place (the default) in
-//! even cycles and to new blocks (`relocate_home`) in odd ones.
+//! happen many times per cycle. Home writes go in place in even cycles and
+//! to new blocks (`relocate_home`, the default) in odd ones.
 //!
 //! `CYCLES=N` sets the number of kill cycles (default 20).
 
@@ -34,8 +34,8 @@ const CHILD_ENV: &str = "FERRITE_STORE_CRASH_CHILD";
 const EXT_BLOCKS: u64 = 2048;
 const EXTENTS: [u64; 3] = [11, 12, 13];
 
-/// `relocate`: home writes go to new blocks (odd cycles) or in place (the
-/// default; even cycles).
+/// `relocate`: home writes go to new blocks (the default; odd cycles) or
+/// in place (even cycles).
 fn opts(relocate: bool) -> StoreOptions {
     StoreOptions {
         relocate_home: relocate,
