@@ -210,12 +210,16 @@ impl Worker {
         // Relocation itself stops below an eighth free: no room to move
         // into, unless a checkpoint releases what was freed.
         let released = !c.evacuated.is_empty() || !self.st().quarantine.is_empty();
-        if free < total / 8 + 2 * SEGMENT_BLOCKS {
-            return if released {
+        // Nothing to move now: a checkpoint may still free space.
+        let stuck = || {
+            if released {
                 Step::Checkpoint
             } else {
                 Step::Nothing
-            };
+            }
+        };
+        if free < total / 8 + 2 * SEGMENT_BLOCKS {
+            return stuck();
         }
         // Evacuated segments are empty once the next checkpoint releases
         // their blocks: count them so as not to evacuate more than needed.
@@ -249,11 +253,7 @@ impl Worker {
         // Defragmenting needs whole free runs; the rounds of an evacuation
         // may have to go into holes, a defragmentation's must not.
         if segments.iter().filter(|g| g.used == 0).count() < 2 {
-            return if released {
-                Step::Checkpoint
-            } else {
-                Step::Nothing
-            };
+            return stuck();
         }
         match self.pick_fragmented(c) {
             Some(picked) => Step::Moved(self.move_blocks(picked)),
