@@ -22,18 +22,38 @@ struct DeviceSpace {
     cursor: u64,
     /// Where the next `alloc_run` continues (block index), if anywhere.
     head: Option<u64>,
+    /// Blocks in use per segment of `SEGMENT_BLOCKS` (the last may be
+    /// short), kept with the bitmap so that finding an empty segment or
+    /// skipping a full one costs one look, not a bitmap scan.
+    seg_used: Vec<u32>,
+    /// Whole segments with no block in use.
+    empty_segs: u64,
 }
 
 impl DeviceSpace {
     fn is_used(&self, i: u64) -> bool {
         self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
+    /// Sets block `i` used or free, keeping the segment counts.
     fn set(&mut self, i: u64, used: bool) {
         let w = &mut self.bits[(i / 64) as usize];
+        let bit = 1u64 << (i % 64);
+        if (*w & bit != 0) == used {
+            return;
+        }
+        *w ^= bit;
+        let g = (i / SEGMENT_BLOCKS) as usize;
+        let whole = (g as u64 + 1) * SEGMENT_BLOCKS <= self.blocks;
         if used {
-            *w |= 1 << (i % 64);
+            if self.seg_used[g] == 0 && whole {
+                self.empty_segs -= 1;
+            }
+            self.seg_used[g] += 1;
         } else {
-            *w &= !(1 << (i % 64));
+            self.seg_used[g] -= 1;
+            if self.seg_used[g] == 0 && whole {
+                self.empty_segs += 1;
+            }
         }
     }
     /// First free block at or after `from`, wrapping once.
@@ -84,6 +104,8 @@ impl Allocator {
                     free: blocks,
                     cursor: 0,
                     head: None,
+                    seg_used: vec![0; blocks.div_ceil(SEGMENT_BLOCKS) as usize],
+                    empty_segs: blocks / SEGMENT_BLOCKS,
                 })
                 .collect(),
         }
@@ -280,7 +302,11 @@ impl Allocator {
                 out.push(Segment {
                     first: Pba::new(d, dev.start + first),
                     blocks,
-                    used: dev.count_used(first, blocks),
+                    used: if seg == SEGMENT_BLOCKS {
+                        dev.seg_used[(first / seg) as usize] as u64
+                    } else {
+                        dev.count_used(first, blocks)
+                    },
                     filling: dev.head.is_some_and(|h| first < h && h <= first + blocks),
                 });
                 first += blocks;
@@ -309,58 +335,97 @@ impl DeviceSpace {
     }
 
     /// The first whole segment with no block in use, from the log head's
-    /// segment on (wrapping once), looking at no more than
-    /// `RUN_SEARCH_WORDS` words.
+    /// segment on (wrapping once).
     fn find_empty_segment(&self) -> Option<u64> {
-        let count = self.blocks / SEGMENT_BLOCKS; // whole segments only
-        if count == 0 {
+        if self.empty_segs == 0 {
             return None;
         }
+        let count = self.blocks / SEGMENT_BLOCKS; // whole segments only
         let from = self.head.unwrap_or(0) / SEGMENT_BLOCKS;
-        let limit = (RUN_SEARCH_WORDS / (SEGMENT_BLOCKS / 64)).min(count);
-        (0..limit)
-            .map(|k| (from + k) % count * SEGMENT_BLOCKS)
-            .find(|&f| self.count_used(f, SEGMENT_BLOCKS) == 0)
+        (0..count)
+            .map(|k| (from + k) % count)
+            .find(|&g| self.seg_used[g as usize] == 0)
+            .map(|g| g * SEGMENT_BLOCKS)
     }
 
     /// The first run of `n` free blocks at or after the cursor (wrapping
-    /// once), looking at no more than `RUN_SEARCH_WORDS` words.
+    /// once), looking at no more than `RUN_SEARCH_WORDS` words. Works a
+    /// word at a time: full segments are skipped by their count, and within
+    /// a word the free runs are found with bit counts, not bit by bit.
     fn find_run(&self, n: u64) -> Option<u64> {
+        const SEG_WORDS: u64 = SEGMENT_BLOCKS / 64;
         let words = self.bits.len() as u64;
-        let start_word = self.cursor / 64;
+        let mut w = self.cursor / 64;
         let mut run_start = 0u64;
         let mut run_len = 0u64;
-        // A run does not wrap around the end of the device.
-        for step in 0..words.min(RUN_SEARCH_WORDS) + 1 {
-            let w = (start_word + step) % words;
+        let mut seen = 0u64;
+        while seen <= words.min(RUN_SEARCH_WORDS) {
+            if w >= words {
+                w = 0;
+            }
+            // A run does not wrap around the end of the device.
             if w == 0 {
                 run_len = 0;
             }
-            let word = self.bits[w as usize];
+            let g = (w / SEG_WORDS) as usize;
+            if w % SEG_WORDS == 0 && self.seg_used[g] as u64 == SEGMENT_BLOCKS {
+                run_len = 0;
+                w += SEG_WORDS;
+                seen += SEG_WORDS;
+                continue;
+            }
+            seen += 1;
             let base = w * 64;
-            if word == 0 && base + 64 <= self.blocks {
+            // Bit b set: block base + b free (blocks past the end are used).
+            let mut free = !self.bits[w as usize];
+            if base + 64 > self.blocks {
+                free &= (1u64 << (self.blocks - base)) - 1;
+            }
+            w += 1;
+            if free == !0 {
                 if run_len == 0 {
                     run_start = base;
                 }
                 run_len += 64;
-            } else {
-                for b in 0..64 {
-                    let i = base + b;
-                    if i >= self.blocks || word & (1 << b) != 0 {
-                        run_len = 0;
-                        continue;
-                    }
-                    if run_len == 0 {
-                        run_start = i;
-                    }
-                    run_len += 1;
-                    if run_len >= n {
-                        return Some(run_start);
-                    }
+                if run_len >= n {
+                    return Some(run_start);
                 }
+                continue;
             }
-            if run_len >= n {
-                return Some(run_start);
+            // The run going on from the previous word ends in this one
+            // (free != !0, so fewer than 64 low bits are free).
+            let low = free.trailing_ones();
+            let mut rest = free;
+            if run_len > 0 {
+                if run_len + low as u64 >= n {
+                    return Some(run_start);
+                }
+                rest &= !0u64 << low;
+            }
+            run_len = 0;
+            if n > 64 {
+                // Only a run reaching the word's end can be long enough.
+                let high = free.leading_ones() as u64;
+                if high > 0 {
+                    run_start = base + 64 - high;
+                    run_len = high;
+                }
+                continue;
+            }
+            // Free runs that start inside this word.
+            while rest != 0 {
+                let at = rest.trailing_zeros() as u64;
+                let len = (rest >> at).trailing_ones() as u64;
+                if len >= n {
+                    return Some(base + at);
+                }
+                if at + len == 64 {
+                    // Reaches the word's end: it may go on in the next one.
+                    run_start = base + at;
+                    run_len = len;
+                    break;
+                }
+                rest &= !(((1u64 << len) - 1) << at);
             }
         }
         None
@@ -486,5 +551,62 @@ mod tests {
             ])
         );
         assert_eq!(a.free_blocks(), 600 + 495);
+    }
+
+    /// `find_run` and the segment counts against a block-by-block reading
+    /// of the same bitmap, over random layouts (runs of used and free
+    /// blocks of every length, partial last words and segments, cursors
+    /// anywhere).
+    #[test]
+    fn find_run_matches_a_block_by_block_search() {
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |m: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % m
+        };
+        for _ in 0..300 {
+            let blocks = 1 + next(5 * SEGMENT_BLOCKS);
+            let mut a = Allocator::new(&[(0, blocks)]);
+            // Random runs of used and free blocks.
+            let mut i = 0;
+            while i < blocks {
+                let long = next(4) == 0;
+                let len = 1 + next(if long { 1500 } else { 90 });
+                let used = next(3) != 0;
+                for b in i..(i + len).min(blocks) {
+                    if used {
+                        a.mark_used(Pba::new(0, b));
+                    }
+                }
+                i += len;
+            }
+            if next(5) == 0 {
+                // Some whole segments completely used.
+                for b in 0..blocks.min(2 * SEGMENT_BLOCKS) {
+                    a.mark_used(Pba::new(0, b));
+                }
+            }
+            let dev = &mut a.devs[0];
+            dev.cursor = next(blocks);
+            for g in 0..dev.seg_used.len() as u64 {
+                let first = g * SEGMENT_BLOCKS;
+                let n = SEGMENT_BLOCKS.min(blocks - first);
+                assert_eq!(dev.seg_used[g as usize] as u64, dev.count_used(first, n));
+            }
+            let whole_empty = (0..blocks / SEGMENT_BLOCKS)
+                .filter(|g| dev.seg_used[*g as usize] == 0)
+                .count() as u64;
+            assert_eq!(dev.empty_segs, whole_empty);
+            let free_at = |p: u64, n: u64| p + n <= blocks && (p..p + n).all(|b| !dev.is_used(b));
+            let start = dev.cursor / 64 * 64;
+            for n in [1, 2, 7, 63, 64, 65, 200, 1024, 1500] {
+                let naive = (start..blocks)
+                    .chain(0..start)
+                    .find(|&p| free_at(p, n) && (p >= start || p + n <= start + 64));
+                assert_eq!(dev.find_run(n), naive, "blocks {blocks} cursor {} n {n}", dev.cursor);
+            }
+        }
     }
 }
