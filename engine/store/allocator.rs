@@ -605,7 +605,12 @@ mod tests {
                 let naive = (start..blocks)
                     .chain(0..start)
                     .find(|&p| free_at(p, n) && (p >= start || p + n <= start + 64));
-                assert_eq!(dev.find_run(n), naive, "blocks {blocks} cursor {} n {n}", dev.cursor);
+                assert_eq!(
+                    dev.find_run(n),
+                    naive,
+                    "blocks {blocks} cursor {} n {n}",
+                    dev.cursor
+                );
             }
         }
     }
