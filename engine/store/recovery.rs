@@ -3,13 +3,11 @@
 //! 1. Load the newer valid checkpoint slot (header and payload checksums).
 //! 2. Read journal batches from the checkpoint's position until a header
 //!    does not validate (magic, uuid, worker, position, crc32c).
-//! 3. Verify the last two batches (the only ones that can be torn, since a
-//!    batch is written only after the one before the previous was flushed:
-//!    `PIPELINE`): the journal data against the crcs in their records, and
-//!    the blocks their direct mappings point to. A batch that does not
-//!    verify was never acknowledged, nor was the one after it (its
-//!    acknowledgement needs a flush that covers both); they are dropped
-//!    whole, so their writes read back as all old.
+//! 3. Verify the last batch (the only one that can be torn, since a batch
+//!    is written only after the previous one was flushed): the journal data
+//!    against the crcs in its records, and the blocks its direct mappings
+//!    point to. A batch that does not verify was never acknowledged; it is
+//!    dropped whole, so its writes read back as all old.
 //! 4. Apply every kept record to the checkpoint's map, in order.
 //! 5. Write home the journaled blocks that are still live, flush.
 //! 6. Zero the header block at the end of the journal (so a dropped batch
@@ -20,7 +18,7 @@ use super::checkpoint;
 use super::error::StoreError;
 use super::extent::{Entry, Extent};
 use super::journal::{self, BatchHeader, JournalId, Record};
-use super::worker::{Shared, WorkerInit, PIPELINE};
+use super::worker::{Shared, WorkerInit};
 use crate::bdev::{DmaBuf, IoOp, BLOCK_SIZE};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -134,8 +132,8 @@ impl Jrn<'_> {
     }
 }
 
-/// Whether a batch's data is all there.
-fn verify_batch(j: &Jrn, h: &BatchHeader) -> Result<bool, StoreError> {
+/// Whether the last batch's data is all there.
+fn verify_last(j: &Jrn, h: &BatchHeader) -> Result<bool, StoreError> {
     if h.data_blocks > 0 {
         let data = j.read(h.lpos + h.header_blocks as u64, h.data_blocks as u64)?;
         let mut k = 0usize;
@@ -221,24 +219,16 @@ pub(crate) fn recover_worker(sh: &Arc<Shared>, w: usize) -> Result<WorkerInit, S
         lpos += h.total_blocks();
         batches.push(h);
     }
-    // The last PIPELINE batches may be torn (a batch is written once the
-    // one before the previous was flushed); the first of them that does
-    // not verify, and every later one, were never acknowledged.
-    let mut dropped = 0;
-    let first_unsure = batches.len().saturating_sub(PIPELINE);
-    for i in first_unsure..batches.len() {
-        if !verify_batch(&j, &batches[i])? {
+    let mut dropped = false;
+    if let Some(last) = batches.last() {
+        if !verify_last(&j, last)? {
             log::warn!(
-                "worker {w}: journal batch {} of {} (at {}) is incomplete: it and what follows were never acknowledged; dropping {}",
-                i + 1,
-                batches.len(),
-                batches[i].lpos,
-                batches.len() - i
+                "worker {w}: the last journal batch (at {}) is incomplete: it was never acknowledged; dropping it",
+                last.lpos
             );
-            lpos = batches[i].lpos;
-            dropped = batches.len() - i;
-            batches.truncate(i);
-            break;
+            lpos = last.lpos;
+            batches.pop();
+            dropped = true;
         }
     }
     // Replay, remembering where the live journaled copy of each block is.
@@ -339,10 +329,11 @@ pub(crate) fn recover_worker(sh: &Arc<Shared>, w: usize) -> Result<WorkerInit, S
     sh.run_ops(0, ops)?;
     sh.flush(1)?;
     log::info!(
-        "worker {w}: checkpoint {} + {} journal batches ({records} records, {} blocks written home), {dropped} incomplete batches dropped",
+        "worker {w}: checkpoint {} + {} journal batches ({records} records, {} blocks written home){}",
         ck.seq,
         batches.len(),
         live.len(),
+        if dropped { ", last batch dropped" } else { "" }
     );
     Ok(WorkerInit {
         extents,

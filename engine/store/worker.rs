@@ -5,20 +5,16 @@
 //! reactor is the only user, other threads only read statistics) and is
 //! never held across a park.
 //!
-//! # Five background coroutines
+//! # Four background coroutines
 //! - The *committer* takes queued operations in order, resolves them
 //!   against the current map (home blocks for journaled writes, validity),
-//!   applies them to the in-memory map and writes them as one journal
-//!   batch, then hands the batch to the flusher and cuts the next one.
-//!   Between batches with none waiting for its flush, when the journal is
-//!   half full or someone asked, it snapshots the map for a checkpoint: at
-//!   that moment every applied operation is durable, so the snapshot is
-//!   exactly the state at its journal position.
-//! - The *flusher* flushes once for every batch written so far (one device
-//!   flush per batch of concurrent operations: group commit), then
-//!   acknowledges them in order. While it flushes, the committer writes the
-//!   next batch. At most `PIPELINE` batches are written and not flushed,
-//!   which is what lets replay trust every batch but the last two.
+//!   applies them to the in-memory map, writes them as one journal batch and
+//!   flushes: one device flush per batch of concurrent operations (group
+//!   commit). Only one batch is in flight, which is what lets replay trust
+//!   every batch but the last. Between batches, when the journal is half
+//!   full or someone asked, it snapshots the map for a checkpoint: at that
+//!   moment every applied operation is durable, so the snapshot is exactly
+//!   the state at its journal position.
 //! - The *home writer* copies journaled blocks, once durable, from memory
 //!   to their home: by default to new contiguous blocks, with their new
 //!   mapping journaled (relocation), or in place, where the journal copy
@@ -52,7 +48,7 @@ use crate::bdev::{BlockDevice, DmaBuf, IoOp, BLOCK_SIZE};
 use crate::rt;
 use crate::rt::sync::Event;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 mod cleaner;
@@ -153,16 +149,9 @@ impl Shared {
 
     /// Flushes the devices in `mask` (bit d = device d).
     pub(crate) fn flush(&self, mask: u64) -> Result<(), StoreError> {
-        self.flush_except(mask, None)
-    }
-
-    /// [`Shared::flush`] for a worker's group commit: the flush does not
-    /// wait for the caller's own journal write in flight (`own`), which the
-    /// next flush covers, only for other workers'.
-    fn flush_except(&self, mask: u64, own: Option<&AtomicUsize>) -> Result<(), StoreError> {
         for d in 0..self.devices.len() {
             if mask & (1 << d) != 0 {
-                self.flush_one(d, own)?;
+                self.flush_one(d)?;
             }
         }
         Ok(())
@@ -173,7 +162,7 @@ impl Shared {
     /// covered by any flush that *starts* after it asked, so while one flush
     /// runs, everyone who arrives meanwhile waits for the next one, and that
     /// single flush serves them all.
-    fn flush_one(&self, d: usize, own: Option<&AtomicUsize>) -> Result<(), StoreError> {
+    fn flush_one(&self, d: usize) -> Result<(), StoreError> {
         let gate = &self.flush_gates[d];
         if !rt::in_coroutine() {
             return self.run_ops(d, vec![IoOp::Flush]).map(|_| ());
@@ -207,11 +196,10 @@ impl Shared {
                     // written right now; its flush request follows within
                     // one write latency, and this flush can serve it too.
                     let until = std::time::Instant::now() + GATHER_MAX;
-                    let others = || {
-                        self.journal_writes.load(Ordering::Acquire)
-                            > own.map_or(0, |o| o.load(Ordering::Acquire))
-                    };
-                    while d == 0 && others() && std::time::Instant::now() < until {
+                    while d == 0
+                        && self.journal_writes.load(Ordering::Acquire) > 0
+                        && std::time::Instant::now() < until
+                    {
                         rt::sleep(std::time::Duration::from_micros(20));
                     }
                     let target = gate.lock().requested;
@@ -403,11 +391,6 @@ struct WState {
     /// Blocks the cleaner is reading: any record that touches one removes
     /// it, and the cleaner then leaves that block where it is.
     clean_watch: HashSet<(u64, u64)>,
-    /// Batches written to the journal and waiting for the flusher, oldest
-    /// first (`tail` is already past them).
-    unflushed: VecDeque<Written>,
-    /// The committer has exited (the flusher exits after it).
-    committer_done: bool,
 }
 
 /// One worker of a store.
@@ -418,7 +401,6 @@ pub(crate) struct Worker {
     jid: JournalId,
     st: Mutex<WState>,
     commit_ev: Event,
-    flush_ev: Event,
     home_ev: Event,
     home_done_ev: Event,
     ckpt_ev: Event,
@@ -429,17 +411,10 @@ pub(crate) struct Worker {
     /// Blocks this worker's cleaner moved (the store's total is in
     /// `Shared::cleaned_blocks`).
     cleaned: AtomicU64,
-    /// This worker's journal writes in flight (0 or 1), for the flush gate.
-    journal_writes: AtomicUsize,
 }
 
 /// Background coroutines per worker.
-const BACKGROUND: usize = 5;
-
-/// Journal batches a worker may have written and not yet flushed: one
-/// being flushed and one written meanwhile, so that the next batch's
-/// journal write overlaps the last one's flush.
-pub(crate) const PIPELINE: usize = 2;
+const BACKGROUND: usize = 4;
 
 impl Worker {
     pub(crate) fn new(id: usize, reactor: usize, sh: Arc<Shared>, init: WorkerInit) -> Arc<Worker> {
@@ -471,11 +446,8 @@ impl Worker {
                 stop: false,
                 stopped: 0,
                 clean_watch: HashSet::new(),
-                unflushed: VecDeque::new(),
-                committer_done: false,
             }),
             commit_ev: Event::new(),
-            flush_ev: Event::new(),
             home_ev: Event::new(),
             home_done_ev: Event::new(),
             ckpt_ev: Event::new(),
@@ -483,7 +455,6 @@ impl Worker {
             stopped_ev: Event::new(),
             activity: AtomicU64::new(0),
             cleaned: AtomicU64::new(0),
-            journal_writes: AtomicUsize::new(0),
         })
     }
 
@@ -513,9 +484,8 @@ impl Worker {
             drop(h.spawn_on(self.reactor, move || {
                 match role {
                     0 => w.committer(),
-                    1 => w.flusher(),
-                    2 => w.home_writer(),
-                    3 => w.checkpointer(),
+                    1 => w.home_writer(),
+                    2 => w.checkpointer(),
                     _ => w.cleaner(),
                 }
                 let mut st = w.st();
@@ -554,7 +524,6 @@ impl Worker {
         }
         drop(st);
         self.commit_ev.set();
-        self.flush_ev.set();
         self.home_ev.set();
         self.home_done_ev.set();
         self.ckpt_ev.set();
@@ -1084,7 +1053,6 @@ impl Worker {
     pub(crate) fn request_stop(&self) {
         self.st().stop = true;
         self.commit_ev.set();
-        self.flush_ev.set();
         self.home_ev.set();
         self.home_done_ev.set();
         self.ckpt_ev.set();
@@ -1122,24 +1090,18 @@ impl Worker {
                     .for_each(|c| c.complete(Err(err.clone())));
                 waiters.iter().for_each(|c| c.complete(Err(err.clone())));
                 if stop {
-                    self.st().committer_done = true;
-                    self.flush_ev.set();
                     return;
                 }
                 self.commit_ev.wait();
                 continue;
             }
-            // A snapshot for a checkpoint, taken between batches with none
-            // waiting for its flush: every applied operation is durable now.
+            // A snapshot for a checkpoint, taken between batches: every
+            // applied operation is durable now.
             let used = st.tail - st.head;
             let want_ckpt = !st.ckpt_waiters.is_empty()
                 || used > self.jblocks() / 2
                 || st.quarantine.len() as u64 > self.sh.opts.quarantine_max / BS;
-            if want_ckpt
-                && st.ckpt_job.is_none()
-                && st.unflushed.is_empty()
-                && (used > 0 || !st.ckpt_waiters.is_empty())
-            {
+            if want_ckpt && st.ckpt_job.is_none() && (used > 0 || !st.ckpt_waiters.is_empty()) {
                 let image = checkpoint::encode(self.jid, st.ckpt_seq + 1, st.tail, &st.extents);
                 let waiters = std::mem::take(&mut st.ckpt_waiters);
                 st.ckpt_job = Some(CkptJob {
@@ -1150,17 +1112,9 @@ impl Worker {
                 self.ckpt_ev.set();
             }
             if st.pending.is_empty() {
-                if st.stop && st.ckpt_job.is_none() && st.unflushed.is_empty() {
-                    st.committer_done = true;
-                    drop(st);
-                    self.flush_ev.set();
+                if st.stop && st.ckpt_job.is_none() {
                     return;
                 }
-                drop(st);
-                self.commit_ev.wait();
-                continue;
-            }
-            if st.unflushed.len() >= PIPELINE {
                 drop(st);
                 self.commit_ev.wait();
                 continue;
@@ -1201,7 +1155,7 @@ impl Worker {
                     op.done.iter().for_each(|c| c.complete(Err(e.clone())));
                     continue;
                 }
-                if st.ckpt_job.is_none() && st.unflushed.is_empty() {
+                if st.ckpt_job.is_none() {
                     let image = checkpoint::encode(self.jid, st.ckpt_seq + 1, st.tail, &st.extents);
                     st.ckpt_job = Some(CkptJob {
                         journal_lpos: st.tail,
@@ -1225,98 +1179,33 @@ impl Worker {
             }
             match self.write_batch(&batch.records, batch.data, batch.lpos, batch.skip_at) {
                 Ok(()) => {
-                    // Written, not yet durable: the flusher acknowledges it
-                    // while the next batch is cut and written.
                     let end = batch.lpos + batch.blocks;
                     let mut st = self.st();
                     st.tail = end;
-                    st.unflushed.push_back(Written {
-                        end,
-                        devices: 1 | devices_of(&batch.records),
-                        dirty: batch.dirty,
-                        freed: batch.freed,
-                        done: batch.done,
-                    });
-                    drop(st);
-                    self.flush_ev.set();
-                }
-                Err(e) => {
-                    self.fail(&e);
-                    batch.done.iter().for_each(|c| c.complete(Err(e.clone())));
-                }
-            }
-        }
-    }
-
-    // ----- the flusher -------------------------------------------------------
-
-    /// Makes written batches durable with one flush for all of them, then
-    /// acknowledges them in journal order and hands their blocks to the
-    /// home writer.
-    fn flusher(self: &Arc<Self>) {
-        loop {
-            self.flush_ev.reset();
-            let (count, devices) = {
-                let st = self.st();
-                if st.unflushed.is_empty() {
-                    if st.committer_done {
-                        return;
-                    }
-                    drop(st);
-                    self.flush_ev.wait();
-                    continue;
-                }
-                let devices = st.unflushed.iter().fold(0, |m, w| m | w.devices);
-                (st.unflushed.len(), devices)
-            };
-            // The batches counted now were all written before this flush
-            // starts; a batch written meanwhile waits for the next one.
-            let failed = self.st().failed.clone();
-            let r = match failed {
-                Some(reason) => Err(StoreError::Failed {
-                    worker: self.id,
-                    reason,
-                }),
-                None => self.sh.flush_except(devices, Some(&self.journal_writes)),
-            };
-            let mut st = self.st();
-            let done: Vec<Written> = st.unflushed.drain(..count).collect();
-            if r.is_ok() {
-                for w in &done {
-                    for (key, version) in &w.dirty {
-                        if let Some(d) = st.cache.get_mut(key) {
-                            if d.version == *version {
+                    for (key, version) in batch.dirty {
+                        if let Some(d) = st.cache.get_mut(&key) {
+                            if d.version == version {
                                 d.durable = true;
-                                st.home_queue.push_back((*key, *version));
+                                st.home_queue.push_back((key, version));
                             }
                         }
                     }
-                    st.quarantine.extend(w.freed.iter().map(|&p| (w.end, p)));
-                }
-            }
-            drop(st);
-            // The committer may be waiting for room in the pipeline.
-            self.commit_ev.set();
-            match r {
-                Ok(()) => {
-                    self.sh
-                        .batches
-                        .fetch_add(done.len() as u64, Ordering::Relaxed);
+                    for p in batch.freed {
+                        st.quarantine.push((end, p));
+                    }
+                    drop(st);
+                    self.sh.batches.fetch_add(1, Ordering::Relaxed);
                     self.home_ev.set();
-                    done.iter()
-                        .flat_map(|w| &w.done)
-                        .for_each(|c| c.complete(Ok(())));
+                    batch.done.iter().for_each(|c| c.complete(Ok(())));
                     // Let the writers just acknowledged run and queue their
-                    // next writes before the committer cuts its next batch:
-                    // otherwise batches alternate between the few that
-                    // arrived during the flush and the many just woken.
+                    // next writes before the next batch is cut: otherwise
+                    // batches alternate between the few that arrived during
+                    // the flush and the many that were just woken.
                     rt::yield_now();
                 }
                 Err(e) => {
                     self.fail(&e);
-                    done.iter()
-                        .flat_map(|w| &w.done)
-                        .for_each(|c| c.complete(Err(e.clone())));
+                    batch.done.iter().for_each(|c| c.complete(Err(e.clone())));
                 }
             }
         }
@@ -1677,21 +1566,18 @@ impl Worker {
             off += n;
         }
         self.sh.journal_writes.fetch_add(1, Ordering::AcqRel);
-        self.journal_writes.fetch_add(1, Ordering::AcqRel);
         let r = self.sh.run_ops(0, ops);
-        self.journal_writes.fetch_sub(1, Ordering::AcqRel);
         self.sh.journal_writes.fetch_sub(1, Ordering::AcqRel);
         r?;
         self.sh.journal_bytes.fetch_add(
             bytes + if skip_at.is_some() { BS } else { 0 },
             Ordering::Relaxed,
         );
-        // The flusher's flush makes the batch and the direct data its
-        // mappings point to stable. (A FUA/RWF_DSYNC journal write would save
-        // a round trip on devices with native FUA; on a file in ext4 it costs
-        // a journal commit per write and measured 3-5x slower than write +
-        // fdatasync.)
-        Ok(())
+        // One flush makes the batch and the direct data its mappings point to
+        // stable. (A FUA/RWF_DSYNC journal write would save a round trip on
+        // devices with native FUA; on a file in ext4 it costs a journal
+        // commit per write and measured 3-5x slower than write + fdatasync.)
+        self.sh.flush(1 | devices_of(records))
     }
 
     // ----- the home writer ---------------------------------------------------
@@ -2106,17 +1992,6 @@ struct HomeWrite {
 }
 
 /// A batch being assembled by the committer.
-/// A journal batch written and waiting for the flusher.
-struct Written {
-    /// Journal position after it.
-    end: u64,
-    /// Devices its flush must cover (bit d = device d).
-    devices: u64,
-    dirty: Vec<((u64, u64), u64)>,
-    freed: Vec<Pba>,
-    done: Vec<Arc<Completion>>,
-}
-
 #[derive(Default)]
 struct Batch {
     records: Vec<Record>,
