@@ -344,7 +344,7 @@ fn a_torn_last_journal_batch_is_dropped_and_older_damage_fails_its_read() {
 
         let runtime = Runtime::new(Config::for_tests(1)).unwrap();
         let store = ChunkStore::open(&crashed.0, &o, &runtime.handle()).unwrap();
-        for i in 0..3 {
+        for (i, new_i) in new.iter().enumerate() {
             let mut b = vec![0u8; K4];
             let r = store.read(5, at(i), &mut b);
             match (damaged, i) {
@@ -358,7 +358,7 @@ fn a_torn_last_journal_batch_is_dropped_and_older_damage_fails_its_read() {
                     other => panic!("damaged batch {d}: expected a checksum error, got {other:?}"),
                 },
                 _ => assert!(
-                    r.is_ok() && b == new[i],
+                    r.is_ok() && &b == new_i,
                     "damaged batch {damaged}: block {i} reads new"
                 ),
             }
