@@ -104,7 +104,8 @@ impl Allocator {
                     free: blocks,
                     cursor: 0,
                     head: None,
-                    seg_used: vec![0; blocks.div_ceil(SEGMENT_BLOCKS) as usize],
+                    // At least one entry, as the bitmap has at least one word.
+                    seg_used: vec![0; blocks.div_ceil(SEGMENT_BLOCKS).max(1) as usize],
                     empty_segs: blocks / SEGMENT_BLOCKS,
                 })
                 .collect(),
@@ -335,7 +336,8 @@ impl DeviceSpace {
     }
 
     /// The first whole segment with no block in use, from the log head's
-    /// segment on (wrapping once).
+    /// segment on (wrapping once): one look at a count per segment, and
+    /// none at all when no segment is empty.
     fn find_empty_segment(&self) -> Option<u64> {
         if self.empty_segs == 0 {
             return None;
