@@ -14,8 +14,8 @@ use ferrite_engine::rpc::Registry;
 use ferrite_engine::rt::server::TcpServer;
 use ferrite_engine::rt::{self, Handle};
 use ferrite_engine::store::{ChunkStore, StoreError, StoreOptions};
-use ferrite_engine::volume::client::VolumeClient;
-use ferrite_engine::volume::VolumeProvider;
+use ferrite_engine::volume::client::{VolumeCatalog, VolumeClient};
+use ferrite_engine::volume::{IoError, VolumeProvider};
 use ferrite_gateway::iscsi::{IscsiTarget, Portal, TargetOptions as IscsiOptions};
 use ferrite_gateway::nbd::NbdServer;
 use ferrite_gateway::nvmf::{ExportOpts, ListenAddress, NvmfTarget, TargetConfig, TransportOpts};
@@ -261,7 +261,8 @@ impl Node {
         let rpc = RpcServer::start(&handle, 0, &cfg.rpc_socket, registry.clone())
             .map_err(|e| format!("RPC socket {}: {e}", cfg.rpc_socket.display()))?;
 
-        // Capacity reports keep placement honest as the store fills.
+        // Capacity reports keep placement honest as the store fills; the
+        // same tick drops exports of volumes deleted through other nodes.
         let stop_background = Arc::new(AtomicBool::new(false));
         let (stop, st, l, id) = (
             stop_background.clone(),
@@ -269,6 +270,7 @@ impl Node {
             link.clone(),
             cfg.node_id.clone(),
         );
+        let catalog = MetaCatalog::new(link.clone());
         handle.spawn_on(0, move || {
             while !stop.load(Ordering::Acquire) {
                 for _ in 0..100 {
@@ -279,6 +281,7 @@ impl Node {
                 }
                 let (t, f) = st.capacity();
                 l.report_capacity(&id, t, f);
+                events.remove_exports_of_deleted_volumes(&catalog);
             }
         });
 
@@ -414,8 +417,10 @@ struct NodeEvents {
     saved: Arc<SavedExports>,
 }
 
-impl ClusterEvents for NodeEvents {
-    fn volume_deleted(&self, name: &str, extents: &[proto::Extent]) {
+impl NodeEvents {
+    /// Removes this node's exports of volume `name`: its NBD exports, and
+    /// the iSCSI target and NVMe/TCP subsystem `volume_export` made for it.
+    fn remove_exports(&self, name: &str) {
         for e in self.nbd.export_list() {
             if e.volume == name {
                 let _ = self.nbd.export_stop(&e.name);
@@ -437,6 +442,31 @@ impl ClusterEvents for NodeEvents {
         }
         self.saved.remove(name);
         self.volumes.invalidate(name);
+    }
+
+    /// Removes the exports of volumes that meta no longer has: deleted
+    /// through another node, whose `volume_deleted` ran there. A volume
+    /// meta cannot be asked about now keeps its exports.
+    fn remove_exports_of_deleted_volumes(&self, catalog: &MetaCatalog) {
+        let mut names: std::collections::BTreeSet<String> = self
+            .nbd
+            .export_list()
+            .into_iter()
+            .map(|e| e.volume)
+            .collect();
+        names.extend(self.saved.list().into_iter().map(|(name, _)| name));
+        for name in names {
+            if let Err(IoError::Gone { .. }) = catalog.get_volume(&name) {
+                log::info!("volume {name} is gone from meta: removing this node's exports of it");
+                self.remove_exports(&name);
+            }
+        }
+    }
+}
+
+impl ClusterEvents for NodeEvents {
+    fn volume_deleted(&self, name: &str, extents: &[proto::Extent]) {
+        self.remove_exports(name);
         for e in extents
             .iter()
             .filter(|e| e.replicas.contains(&self.node_id))

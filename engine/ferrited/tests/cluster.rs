@@ -231,3 +231,65 @@ fn a_write_without_enough_replicas_is_never_acknowledged() {
     // The node itself stays healthy and answers.
     c.node(0).rpc_ok("spdk_get_version", Value::Null);
 }
+
+/// A volume deleted through one node loses its exports on the others too:
+/// each node asks meta about the volumes it exports (every 10 s, with its
+/// capacity report) and removes the exports of those meta no longer has.
+#[test]
+fn a_volume_deleted_through_one_node_loses_its_exports_on_another() {
+    let mut c = Cluster::start("delexp", 1);
+    c.add_node();
+    c.add_node();
+    c.volume("rf1", 1, "gone", 16 * MIB);
+    c.volume("rf1", 1, "kept", 16 * MIB);
+    let b = c.node(1);
+    let out = b.rpc_ok("volume_export", json!({"name": "gone"}));
+    let nqn = out["nvmf"]["nqn"]
+        .as_str()
+        .expect("NVMe/TCP export")
+        .to_string();
+    let iqn = out["iscsi"].as_str().expect("iSCSI export").to_string();
+    b.rpc_ok("volume_export", json!({"name": "kept"}));
+    let listed = |method: &str, key: &str| -> Vec<String> {
+        b.rpc_ok(method, Value::Null)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x[key].as_str().unwrap().to_string())
+            .collect()
+    };
+    let nbd_volumes = || listed("nbd_export_list", "volume");
+    assert!(nbd_volumes().contains(&"gone".to_string()));
+    assert!(listed("nvmf_get_subsystems", "nqn").contains(&nqn));
+    assert!(listed("iscsi_get_target_nodes", "name").contains(&iqn));
+
+    c.node(0).rpc_ok("volume_delete", json!({"name": "gone"}));
+    let end = Instant::now() + Duration::from_secs(40);
+    while nbd_volumes().contains(&"gone".to_string()) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        !nbd_volumes().contains(&"gone".to_string()),
+        "node 1 still exports the deleted volume over NBD after 40 s"
+    );
+    assert!(
+        !listed("nvmf_get_subsystems", "nqn").contains(&nqn),
+        "{nqn} outlived its volume"
+    );
+    assert!(
+        !listed("iscsi_get_target_nodes", "name").contains(&iqn),
+        "{iqn} outlived its volume"
+    );
+    // The other volume's exports stay, and it still serves I/O.
+    assert!(nbd_volumes().contains(&"kept".to_string()));
+    let (ok, out) = run(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 3 0 64k",
+        "-c",
+        "read -P 3 0 64k",
+        &b.nbd_uri("kept"),
+    ]));
+    assert!(ok && !out.contains("failed"), "{out}");
+}
