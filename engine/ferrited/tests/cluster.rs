@@ -250,34 +250,26 @@ fn a_volume_deleted_through_one_node_loses_its_exports_on_another() {
         .to_string();
     let iqn = out["iscsi"].as_str().expect("iSCSI export").to_string();
     b.rpc_ok("volume_export", json!({"name": "kept"}));
-    let listed = |method: &str, key: &str| -> Vec<String> {
-        b.rpc_ok(method, Value::Null)
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x[key].as_str().unwrap().to_string())
-            .collect()
-    };
-    let nbd_volumes = || listed("nbd_export_list", "volume");
+    let nbd_volumes = || b.listed("nbd_export_list", "volume");
     assert!(nbd_volumes().contains(&"gone".to_string()));
-    assert!(listed("nvmf_get_subsystems", "nqn").contains(&nqn));
-    assert!(listed("iscsi_get_target_nodes", "name").contains(&iqn));
+    assert!(b.listed("nvmf_get_subsystems", "nqn").contains(&nqn));
+    assert!(b.listed("iscsi_get_target_nodes", "name").contains(&iqn));
 
     c.node(0).rpc_ok("volume_delete", json!({"name": "gone"}));
-    let end = Instant::now() + Duration::from_secs(40);
-    while nbd_volumes().contains(&"gone".to_string()) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    // Each node asks meta every 10 s.
+    let gone = eventually_within(Duration::from_secs(40), || {
+        !nbd_volumes().contains(&"gone".to_string())
+    });
     assert!(
-        !nbd_volumes().contains(&"gone".to_string()),
+        gone,
         "node 1 still exports the deleted volume over NBD after 40 s"
     );
     assert!(
-        !listed("nvmf_get_subsystems", "nqn").contains(&nqn),
+        !b.listed("nvmf_get_subsystems", "nqn").contains(&nqn),
         "{nqn} outlived its volume"
     );
     assert!(
-        !listed("iscsi_get_target_nodes", "name").contains(&iqn),
+        !b.listed("iscsi_get_target_nodes", "name").contains(&iqn),
         "{iqn} outlived its volume"
     );
     // The other volume's exports stay, and it still serves I/O.

@@ -279,17 +279,8 @@ fn clear_errors_for_bad_requests() {
         .expect("NVMe/TCP export")
         .to_string();
     let iqn = out["iscsi"].as_str().expect("iSCSI export").to_string();
-    // The `key` of every entry a listing method returns.
-    let listed = |n: &common::Node, method: &str, key: &str| -> Vec<String> {
-        n.rpc_ok(method, Value::Null)
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x[key].as_str().unwrap().to_string())
-            .collect()
-    };
-    let subsystems = |n: &common::Node| listed(n, "nvmf_get_subsystems", "nqn");
-    let targets = |n: &common::Node| listed(n, "iscsi_get_target_nodes", "name");
+    let subsystems = |n: &common::Node| n.listed("nvmf_get_subsystems", "nqn");
+    let targets = |n: &common::Node| n.listed("iscsi_get_target_nodes", "name");
     assert!(subsystems(n).contains(&nqn));
     assert!(targets(n).contains(&iqn));
     n.rpc_ok("volume_delete", json!({"name": "v"}));

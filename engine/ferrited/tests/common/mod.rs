@@ -15,8 +15,13 @@ mod ports;
 pub use ports::free_port;
 
 /// Whether `ready` holds within 10 s (checked every 100 ms).
-pub fn eventually(mut ready: impl FnMut() -> bool) -> bool {
-    (0..100).any(|_| {
+pub fn eventually(ready: impl FnMut() -> bool) -> bool {
+    eventually_within(Duration::from_secs(10), ready)
+}
+
+/// Whether `ready` holds within `limit` (checked every 100 ms).
+pub fn eventually_within(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    (0..limit.as_millis().div_ceil(100)).any(|_| {
         let ok = ready();
         if !ok {
             std::thread::sleep(Duration::from_millis(100));
@@ -153,6 +158,16 @@ impl Node {
     pub fn rpc_ok(&self, method: &str, params: Value) -> Value {
         self.rpc(method, params)
             .unwrap_or_else(|e| panic!("{method} failed: {e:?}\nlog:\n{}", self.proc.log_text()))
+    }
+
+    /// The string field `key` of every entry a listing method returns.
+    pub fn listed(&self, method: &str, key: &str) -> Vec<String> {
+        self.rpc_ok(method, Value::Null)
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} did not return a list"))
+            .iter()
+            .map(|x| x[key].as_str().unwrap().to_string())
+            .collect()
     }
 }
 
