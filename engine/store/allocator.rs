@@ -117,6 +117,12 @@ impl Allocator {
         self.devs.iter().map(|d| d.free).sum()
     }
 
+    /// Whole segments (`SEGMENT_BLOCKS`) with no block in use, in all
+    /// devices.
+    pub fn empty_segments(&self) -> u64 {
+        self.devs.iter().map(|d| d.empty_segs).sum()
+    }
+
     /// Data blocks in all devices.
     pub fn total_blocks(&self) -> u64 {
         self.devs.iter().map(|d| d.blocks).sum()

@@ -796,12 +796,7 @@ impl ChunkStore {
             merged_writes: l(&sh.merged_writes),
             relocated_blocks: l(&sh.relocated_blocks),
             cleaned_blocks: l(&sh.cleaned_blocks),
-            free_segments: sh
-                .alloc()
-                .segments(allocator::SEGMENT_BLOCKS)
-                .iter()
-                .filter(|g| g.used == 0)
-                .count() as u64,
+            free_segments: sh.alloc().empty_segments(),
             ..Default::default()
         };
         for w in &self.inner.workers {

@@ -33,14 +33,13 @@
 //!
 //! Limits: each step scans this worker's extent maps (evacuation: all of
 //! them; defragmentation: up to `SCAN_BLOCKS` entries) and the allocator's
-//! bitmaps, which costs time in proportion to the store's size. Segments
-//! hold blocks of every worker, and each worker moves only its own.
+//! per-segment counts, which costs time in proportion to the store's size.
+//! Segments hold blocks of every worker, and each worker moves only its own.
 
 use super::*;
-use crate::store::allocator::Segment;
+use crate::store::allocator::{Segment, SEGMENT_BLOCKS};
 use std::time::{Duration, Instant};
 
-use crate::store::allocator::SEGMENT_BLOCKS;
 /// Blocks of an extent examined, and moved, together when defragmenting.
 const WINDOW: u64 = 256;
 /// A window whose mapped blocks form at most this many device runs is
@@ -221,10 +220,10 @@ impl Worker {
         if free < total / 8 + 2 * SEGMENT_BLOCKS {
             return stuck();
         }
+        let empty_now = segments.iter().filter(|g| g.used == 0).count();
         // Evacuated segments are empty once the next checkpoint releases
         // their blocks: count them so as not to evacuate more than needed.
-        let empty = segments.iter().filter(|g| g.used == 0).count() + c.evacuated.len();
-        if empty * 4 < segments.len() {
+        if (empty_now + c.evacuated.len()) * 4 < segments.len() {
             let mut victims: Vec<Segment> = segments
                 .iter()
                 .filter(|g| g.used > 0 && g.used * 4 <= g.blocks * 3 && !g.filling)
@@ -252,7 +251,7 @@ impl Worker {
         }
         // Defragmenting needs whole free runs; the rounds of an evacuation
         // may have to go into holes, a defragmentation's must not.
-        if segments.iter().filter(|g| g.used == 0).count() < 2 {
+        if empty_now < 2 {
             return stuck();
         }
         match self.pick_fragmented(c) {
@@ -325,22 +324,16 @@ impl Worker {
                 let end = (w + WINDOW).min(x.blocks());
                 budget = budget.saturating_sub(end - w);
                 c.scanned += end - w;
-                let mut runs = 0;
-                let mut prev: Option<Pba> = None;
-                let mut picked = Vec::new();
-                for l in w..end {
-                    let e = x.get(l);
-                    if e.pba.is_none() {
-                        continue;
-                    }
-                    if prev.is_none_or(|p| p.plus(1) != e.pba) {
-                        runs += 1;
-                    }
-                    prev = Some(e.pba);
-                    if !st.cache.contains_key(&(id, l)) {
-                        picked.push(((id, l), e));
-                    }
-                }
+                let mapped = || {
+                    (w..end)
+                        .map(|l| (l, x.get(l)))
+                        .filter(|(_, e)| !e.pba.is_none())
+                };
+                let runs = device_runs(mapped().map(|(_, e)| e.pba));
+                let picked: Vec<Pick> = mapped()
+                    .filter(|(l, _)| !st.cache.contains_key(&(id, *l)))
+                    .map(|(l, e)| ((id, l), e))
+                    .collect();
                 w = end;
                 if runs > FRAGMENTS_OK && !picked.is_empty() {
                     c.cursor = (id, w);
@@ -470,14 +463,19 @@ impl Worker {
             .extents
             .get(&id)
             .ok_or(StoreError::NoSuchExtent { extent: id })?;
-        let mut runs = 0;
-        let mut prev: Option<Pba> = None;
-        for (_, e) in x.iter_mapped() {
-            if prev.is_none_or(|p| p.plus(1) != e.pba) {
-                runs += 1;
-            }
-            prev = Some(e.pba);
-        }
-        Ok(runs)
+        Ok(device_runs(x.iter_mapped().map(|(_, e)| e.pba)))
     }
+}
+
+/// How many runs of consecutive device blocks `pbas` form, in order.
+fn device_runs(pbas: impl Iterator<Item = Pba>) -> u64 {
+    let mut runs = 0;
+    let mut prev: Option<Pba> = None;
+    for p in pbas {
+        if prev.is_none_or(|q| q.plus(1) != p) {
+            runs += 1;
+        }
+        prev = Some(p);
+    }
+    runs
 }
