@@ -55,6 +55,9 @@ mod cleaner;
 
 const BS: u64 = BLOCK_SIZE;
 
+/// Most blocks in one device request (1 MiB): longer runs are split.
+const REQUEST_BLOCKS: usize = 256;
+
 /// What all workers of a store share.
 pub(crate) struct Shared {
     pub devices: Vec<Arc<dyn BlockDevice>>,
@@ -225,13 +228,13 @@ impl Shared {
     }
 
     /// Writes `bufs`, in order, into the blocks of `runs` (one request per
-    /// run, split at 256 blocks); frees the runs if a write fails.
+    /// run, split at `REQUEST_BLOCKS`); frees the runs if a write fails.
     fn write_runs(&self, runs: &[(Pba, u64)], bufs: &[Arc<DmaBuf>]) -> Result<(), StoreError> {
         let mut per_dev: Vec<Vec<IoOp>> = (0..self.devices.len()).map(|_| Vec::new()).collect();
         let mut i = 0usize;
         for &(p, cnt) in runs {
             let mut k = 0u64;
-            for part in bufs[i..i + cnt as usize].chunks(256) {
+            for part in bufs[i..i + cnt as usize].chunks(REQUEST_BLOCKS) {
                 per_dev[p.device()].push(IoOp::Writev {
                     fua: false,
                     offset: p.plus(k).block() * BS,
@@ -946,7 +949,9 @@ impl Worker {
         for &(l, e) in &plan {
             match runs.last_mut() {
                 Some((l0, p0, n))
-                    if *l0 + *n as u64 == l && p0.plus(*n as u64) == e.pba && *n < 256 =>
+                    if *l0 + *n as u64 == l
+                        && p0.plus(*n as u64) == e.pba
+                        && *n < REQUEST_BLOCKS =>
                 {
                     *n += 1
                 }
@@ -1776,7 +1781,7 @@ impl Worker {
             let mut j = i + 1;
             while j < picked.len()
                 && picked[j].home == start.plus((j - i) as u64)
-                && bufs.len() < 256
+                && bufs.len() < REQUEST_BLOCKS
             {
                 bufs.push(picked[j].buf.clone());
                 j += 1;

@@ -416,7 +416,7 @@ impl Worker {
         let mut runs: Vec<(Pba, u64)> = Vec::new();
         for (_, e) in picked {
             match runs.last_mut() {
-                Some((p, n)) if p.plus(*n) == e.pba && *n < 256 => *n += 1,
+                Some((p, n)) if p.plus(*n) == e.pba && *n < REQUEST_BLOCKS as u64 => *n += 1,
                 _ => runs.push((e.pba, 1)),
             }
         }
