@@ -168,8 +168,10 @@ fn main() {
     let file: PathBuf = std::env::var("FERRITE_BENCH_FILE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir().join("ferrite-bench-store.img"));
-    let working_mb: u64 = 1024; // random I/O working set
-    let seq_mb: u64 = 1024; // sequential write amount
+    // Random I/O working set and sequential write amount (MiB); smaller or
+    // larger ones for profiling a single phase.
+    let working_mb = env_u64("FERRITE_BENCH_WORKING_MB", 1024);
+    let seq_mb = env_u64("FERRITE_BENCH_SEQ_MB", 1024);
 
     // The backing file, fully written once so that neither fio nor the
     // store pays for file-system block allocation.
@@ -309,6 +311,14 @@ fn main() {
             stats.direct_bytes >> 20,
             stats.checkpoint_bytes >> 20,
             stats.checksum_errors
+        ));
+        let pool = dma::pool_stats();
+        notes.push(format!(
+            "run {run} DMA pool: arena {} MiB ({}), {} MiB carved, {} buffers from the heap so far",
+            pool.arena_bytes >> 20,
+            if pool.hugepages { "hugepages" } else { "normal pages" },
+            pool.carved_bytes >> 20,
+            pool.heap_fallbacks
         ));
     }
     let med = |i: usize, v: &Vec<[f64; 9]>| median(v.iter().map(|r| r[i]).collect());

@@ -14,7 +14,9 @@
 //! A request owns its buffers (moved into the ring's slot table) until its
 //! completion is reaped; that is what makes handing their addresses to the
 //! kernel sound even if the submitting coroutine unwinds. Buffers from the
-//! DMA arena, which every ring registers once, go out as fixed buffers.
+//! DMA arena, which every ring registers once, go out as fixed buffers:
+//! single ones always, vectored ones where the kernel has the vectored
+//! fixed ops and every segment lies in the arena.
 //!
 //! # Off the reactors
 //! On a plain thread or a worker of the pool there is no ring: requests
@@ -254,6 +256,9 @@ struct Ring {
     dirty: Cell<bool>,
     /// The registered DMA arena, if registration worked.
     fixed: Option<(usize, usize)>,
+    /// The kernel has the vectored fixed-buffer ops (Linux 6.15+): a
+    /// readv/writev of arena buffers then skips per-I/O page pinning too.
+    vectored_fixed: bool,
     space_waiters: RefCell<VecDeque<Waker>>,
 }
 
@@ -302,6 +307,12 @@ impl Ring {
                 }
             }
         });
+        let vectored_fixed = fixed.is_some() && {
+            let mut probe = io_uring::Probe::new();
+            uring.submitter().register_probe(&mut probe).is_ok()
+                && probe.is_supported(opcode::ReadvFixed::CODE)
+                && probe.is_supported(opcode::WritevFixed::CODE)
+        };
         Ok(Ring {
             uring: RefCell::new(uring),
             efd,
@@ -310,6 +321,7 @@ impl Ring {
             inflight: Cell::new(0),
             dirty: Cell::new(false),
             fixed,
+            vectored_fixed,
             space_waiters: RefCell::new(VecDeque::new()),
         })
     }
@@ -319,6 +331,15 @@ impl Ring {
             let p = ptr as usize;
             p >= base && p + len <= base + flen
         })
+    }
+
+    /// Whether a vectored request may use the registered arena: the kernel
+    /// has the ops and every segment lies in the arena.
+    fn iov_fixed(&self, iov: &[libc::iovec]) -> bool {
+        self.vectored_fixed
+            && iov
+                .iter()
+                .all(|v| self.is_fixed(v.iov_base as *const u8, v.iov_len))
     }
 
     /// Queues one request (parks while the ring is at capacity).
@@ -376,9 +397,14 @@ impl Ring {
                         iov_len: b.len(),
                     })
                     .collect();
-                opcode::Readv::new(target, slot.iov.as_ptr(), slot.iov.len() as u32)
-                    .offset(*offset)
-                    .build()
+                let (iov, n) = (slot.iov.as_ptr(), slot.iov.len() as u32);
+                if self.iov_fixed(&slot.iov) {
+                    opcode::ReadvFixed::new(target, iov, n, 0)
+                        .offset(*offset)
+                        .build()
+                } else {
+                    opcode::Readv::new(target, iov, n).offset(*offset).build()
+                }
             }
             IoOp::Writev { offset, bufs, fua } => {
                 let flags = if *fua { libc::RWF_DSYNC } else { 0 };
@@ -389,10 +415,18 @@ impl Ring {
                         iov_len: b.len(),
                     })
                     .collect();
-                opcode::Writev::new(target, slot.iov.as_ptr(), slot.iov.len() as u32)
-                    .offset(*offset)
-                    .rw_flags(flags)
-                    .build()
+                let (iov, n) = (slot.iov.as_ptr(), slot.iov.len() as u32);
+                if self.iov_fixed(&slot.iov) {
+                    opcode::WritevFixed::new(target, iov, n, 0)
+                        .offset(*offset)
+                        .rw_flags(flags)
+                        .build()
+                } else {
+                    opcode::Writev::new(target, iov, n)
+                        .offset(*offset)
+                        .rw_flags(flags)
+                        .build()
+                }
             }
             IoOp::Flush => opcode::Fsync::new(target)
                 .flags(types::FsyncFlags::DATASYNC)
