@@ -66,6 +66,13 @@ struct Args {
     /// place never scatters; see engine/store/README.md.
     #[arg(long)]
     home_in_place: bool,
+    /// Size of the DMA buffer arena all I/O buffers come from (registered
+    /// with io_uring, on hugepages where they are reserved), e.g. 256M.
+    /// Default: 64M plus a quarter of a store journal per reactor, which is
+    /// what the store may hold for write-back. Buffers beyond it come from
+    /// the heap and cost the kernel a page pinning per I/O.
+    #[arg(long, value_parser = parse_size)]
+    dma_arena: Option<u64>,
     /// ferrite-meta endpoints, host:port, comma separated.
     #[arg(long, default_value = "127.0.0.1:7000", value_delimiter = ',')]
     meta: Vec<String>,
@@ -173,6 +180,11 @@ fn run(args: Args) -> Result<(), String> {
         (None, Some(l)) => CoreSet::parse_list(l)?,
         (None, None) => CoreSet::parse_mask("0x1")?,
     };
+    // Before anything takes a buffer: the arena's size is fixed then.
+    let arena = args.dma_arena.unwrap_or_else(|| node::default_dma_arena(cores.len()));
+    if !ferrite_engine::bdev::dma::configure(arena as usize) {
+        log::warn!("DMA arena already in use; --dma-arena not applied");
+    }
     let node_id = match args.node_id.clone() {
         Some(n) => n,
         None => std::fs::read_to_string("/etc/hostname")

@@ -482,8 +482,16 @@ impl ClusterEvents for NodeEvents {
     }
 }
 
+/// The DMA arena a node takes by default: room for what every worker's
+/// store cache may hold (a quarter of its journal) plus 64 MiB for I/O in
+/// flight.
+pub fn default_dma_arena(reactors: usize) -> u64 {
+    (64 << 20) + reactors as u64 * StoreOptions::default().journal_size / 4
+}
+
 fn store_stats_json(store: &ChunkStore) -> Value {
     let s = store.stats();
+    let pool = ferrite_engine::bdev::dma::pool_stats();
     let (total, free) = store.capacity();
     json!({
         "capacity_total": total, "capacity_free": free,
@@ -496,6 +504,10 @@ fn store_stats_json(store: &ChunkStore) -> Value {
         "free_segments": s.free_segments,
         "checksum_errors": s.checksum_errors, "write_amplification": s.write_amplification,
         "devices": s.devices.iter().map(|d| json!({"name": d.name, "bytes_written": d.stats.bytes_written, "bytes_read": d.stats.bytes_read, "flushes": d.stats.flushes})).collect::<Vec<_>>(),
+        "dma": {
+            "arena_bytes": pool.arena_bytes, "hugepages": pool.hugepages,
+            "carved_bytes": pool.carved_bytes, "heap_buffers": pool.heap_fallbacks,
+        },
     })
 }
 
@@ -749,6 +761,19 @@ fn register_store_metrics(m: &Metrics, store: Arc<ChunkStore>) {
             "4 MiB segments of the data area with no block in use",
             vec![],
             s.free_segments as f64,
+        ));
+        let pool = ferrite_engine::bdev::dma::pool_stats();
+        out.push(Sample::gauge(
+            "ferrite_dma_arena_bytes",
+            "Size of the DMA buffer arena",
+            vec![],
+            pool.arena_bytes as f64,
+        ));
+        out.push(Sample::counter(
+            "ferrite_dma_heap_buffers_total",
+            "I/O buffers taken from the heap because the DMA arena was full",
+            vec![],
+            pool.heap_fallbacks as f64,
         ));
         let (t, f) = store.capacity();
         out.push(Sample::gauge(

@@ -19,7 +19,8 @@ fn one_node(name: &str) -> Cluster {
 
 #[test]
 fn fio_verify_4k_and_64k_through_nbd() {
-    let c = one_node("fio");
+    let mut c = Cluster::start("fio", 1);
+    c.add_node_with(&["--dma-arena", "80M"]);
     c.volume("pool0", 1, "vol0", 256 * MIB);
     let n = c.node(0);
     n.rpc_ok("nbd_export_start", json!({"volume": "vol0"}));
@@ -39,6 +40,9 @@ fn fio_verify_4k_and_64k_through_nbd() {
         "{st}"
     );
     assert_eq!(st["checksum_errors"], 0);
+    // Every I/O buffer came from the arena --dma-arena sized.
+    assert_eq!(st["dma"]["arena_bytes"], 80 * MIB, "{st}");
+    assert_eq!(st["dma"]["heap_buffers"], 0, "{st}");
 }
 
 /// Journaled blocks go home to new blocks (the default). Random 4k
@@ -79,6 +83,14 @@ fn relocated_home_writes_verify_before_and_after_sigkill() {
         .unwrap();
     assert!(moved > 0.0, "ferrite_store_cleaned_bytes_total is {moved}");
     assert!(page.contains("ferrite_store_free_segments "), "{page}");
+    assert!(page.contains("ferrite_dma_heap_buffers_total "), "{page}");
+    // The default arena: 64 MiB and a quarter of a 64 MiB journal for each
+    // of the two reactors.
+    let arena = page
+        .lines()
+        .find_map(|l| l.strip_prefix("ferrite_dma_arena_bytes "))
+        .unwrap_or_else(|| panic!("no ferrite_dma_arena_bytes in:\n{page}"));
+    assert_eq!(arena.trim().parse::<f64>().unwrap(), (96 * MIB) as f64);
     c.restart_node(0);
     let back = eventually(|| {
         let l = c.node(0).rpc_ok("nbd_export_list", Value::Null).to_string();
