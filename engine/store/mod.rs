@@ -664,13 +664,16 @@ impl ChunkStore {
     /// returns Ok.
     pub fn write(&self, id: u64, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         let w = self.worker(id);
+        // The copy into DMA buffers and the checksums are done here, on the
+        // caller's reactor: the worker's reactor is where all writes of its
+        // extents meet, and they should not queue behind this CPU work.
+        let (bufs, crcs) = worker::copy_blocks(data);
         if rt::in_coroutine() {
             rt::migrate::run_on(rt::migrate::Target::Reactor(w.reactor), || {
-                w.write(id, offset, data)
+                w.write(id, offset, bufs, crcs)
             })
         } else {
-            let data = data.to_vec();
-            self.on(w, move |w| w.write(id, offset, &data))?
+            self.on(w, move |w| w.write(id, offset, bufs, crcs))?
         }
     }
 

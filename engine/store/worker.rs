@@ -651,14 +651,16 @@ impl Worker {
 
     // ----- write path --------------------------------------------------------
 
+    /// Writes `bufs` (whole blocks, from [`copy_blocks`]) at `offset`.
     pub(crate) fn write(
         self: &Arc<Self>,
         id: u64,
         offset: u64,
-        data: &[u8],
+        bufs: Vec<Arc<DmaBuf>>,
+        crcs: Vec<u32>,
     ) -> Result<(), StoreError> {
         self.check_usable()?;
-        let len = data.len() as u64;
+        let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         self.check_range(id, offset, len)?;
         if len == 0 {
             return Ok(());
@@ -672,12 +674,6 @@ impl Worker {
             m
         };
         let lblock = offset / BS;
-        let mut bufs = Vec::with_capacity((len / BS) as usize);
-        let mut crcs = Vec::with_capacity((len / BS) as usize);
-        for chunk in data.chunks(BS as usize) {
-            crcs.push(crc32c::crc32c(chunk));
-            bufs.push(Arc::new(DmaBuf::copy_from(chunk)));
-        }
         let r = match mode {
             WriteMode::Journal => self.journal_write(id, lblock, bufs, crcs, Vec::new()),
             WriteMode::Direct => self.direct_write(id, lblock, bufs, crcs, Vec::new()),
@@ -2008,4 +2004,17 @@ struct Batch {
     lpos: u64,
     blocks: u64,
     skip_at: Option<u64>,
+}
+
+/// `data` as one DMA buffer per 4 KiB block, with each block's crc32c. A
+/// short last chunk stays short: the write's range check rejects it.
+pub(crate) fn copy_blocks(data: &[u8]) -> (Vec<Arc<DmaBuf>>, Vec<u32>) {
+    let n = data.len().div_ceil(BS as usize);
+    let mut bufs = Vec::with_capacity(n);
+    let mut crcs = Vec::with_capacity(n);
+    for chunk in data.chunks(BS as usize) {
+        crcs.push(crc32c::crc32c(chunk));
+        bufs.push(Arc::new(DmaBuf::copy_from(chunk)));
+    }
+    (bufs, crcs)
 }
