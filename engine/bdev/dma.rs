@@ -123,12 +123,15 @@ fn class_of(len: usize) -> Option<usize> {
     (shift <= MAX_CLASS_SHIFT).then(|| (shift - MIN_CLASS_SHIFT) as usize)
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 enum Origin {
     /// Arena offset and size class.
     Arena(usize, usize),
     /// Heap allocation of this many bytes.
     Heap(usize),
+    /// A part of a buffer cut by [`DmaBuf::split`]: the whole stays
+    /// allocated until its last part is dropped.
+    Part(std::sync::Arc<DmaBuf>),
 }
 
 /// An aligned buffer for device I/O. `len` is the I/O size (a multiple of
@@ -141,7 +144,8 @@ pub struct DmaBuf {
 }
 
 // SAFETY: a DmaBuf exclusively owns its bytes (arena slices are handed out
-// once until returned), like a Box<[u8]>.
+// once until returned; the parts of a split buffer cover disjoint ranges and
+// the whole they keep alive is never accessed), like a Box<[u8]>.
 unsafe impl Send for DmaBuf {}
 // SAFETY: shared access only reads through `&self`.
 unsafe impl Sync for DmaBuf {}
@@ -196,6 +200,35 @@ impl DmaBuf {
         let mut b = Self::new(len);
         b.as_mut_slice().fill(0);
         b
+    }
+
+    /// Cuts the buffer into consecutive parts of `part` bytes (the last
+    /// one shorter if `len` is not a multiple), each a buffer of its own
+    /// over the same memory. Blocks that were written as one piece stay
+    /// one piece of memory that way: a device request over several of
+    /// them in order is one physically contiguous segment where the
+    /// arena is on huge pages, instead of one segment per block.
+    ///
+    /// # Panics
+    /// If `part` is 0.
+    pub fn split(self, part: usize) -> Vec<DmaBuf> {
+        assert!(part > 0, "DmaBuf::split into empty parts");
+        let (base, len) = (self.ptr, self.len);
+        let whole = std::sync::Arc::new(self);
+        (0..len)
+            .step_by(part)
+            .map(|at| {
+                let n = part.min(len - at);
+                DmaBuf {
+                    // at < len <= cap: inside the whole's allocation.
+                    ptr: NonNull::new(base.as_ptr().wrapping_add(at))
+                        .expect("an address inside a buffer is non-null"),
+                    len: n,
+                    cap: n,
+                    origin: Origin::Part(whole.clone()),
+                }
+            })
+            .collect()
     }
 
     /// A buffer holding a copy of `data`.
@@ -255,7 +288,11 @@ impl DmaBuf {
 
     /// Whether the buffer lies in the (registrable) arena.
     pub fn in_arena(&self) -> bool {
-        matches!(self.origin, Origin::Arena(..))
+        match &self.origin {
+            Origin::Arena(..) => true,
+            Origin::Heap(_) => false,
+            Origin::Part(whole) => whole.in_arena(),
+        }
     }
 }
 
@@ -272,6 +309,8 @@ impl Drop for DmaBuf {
                 // freed once (Drop).
                 unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
             }
+            // The whole goes when its last part does (the Arc).
+            Origin::Part(_) => {}
         }
     }
 }
@@ -305,5 +344,37 @@ mod tests {
         assert_eq!(c.as_slice(), &[1u8; 8192][..]);
         drop(a);
         let _d = DmaBuf::new(100);
+    }
+
+    #[test]
+    fn split_parts_are_consecutive_and_free_the_whole_with_the_last() {
+        let data: Vec<u8> = (0..16384u32).map(|i| (i / 7) as u8).collect();
+        let whole = DmaBuf::copy_from(&data);
+        let (base, arena) = (whole.as_ptr() as usize, whole.in_arena());
+        let mut parts = whole.split(4096);
+        assert_eq!(parts.len(), 4);
+        for (i, p) in parts.iter().enumerate() {
+            assert_eq!(p.as_ptr() as usize, base + i * 4096);
+            assert_eq!(p.as_slice(), &data[i * 4096..(i + 1) * 4096]);
+            assert_eq!(p.in_arena(), arena);
+        }
+        // Each part is written on its own without touching its neighbours.
+        parts[1].as_mut_slice().fill(0xee);
+        assert_eq!(parts[0].as_slice(), &data[..4096]);
+        assert_eq!(parts[2].as_slice(), &data[8192..12288]);
+        // A short tail, and nothing for an empty buffer.
+        let tail = DmaBuf::copy_from(&[3u8; 6144]).split(4096);
+        assert_eq!((tail[0].len(), tail[1].len()), (4096, 2048));
+        assert!(DmaBuf::new(0).split(4096).is_empty());
+        // The arena slice goes back to its free list only with the last
+        // part: until then no new buffer of its class may get it.
+        if arena {
+            let last = parts.pop().expect("four parts");
+            drop(parts);
+            let other = DmaBuf::new(16384);
+            assert_ne!(other.as_ptr() as usize, base, "reused while a part lived");
+            drop(other);
+            drop(last);
+        }
     }
 }

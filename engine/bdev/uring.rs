@@ -227,6 +227,24 @@ impl BlockDevice for UringDevice {
     }
 }
 
+/// The iovec array of a vectored request, buffers that follow each other in
+/// memory (the blocks of one split buffer) joined into one entry.
+fn iovecs(bufs: impl Iterator<Item = (*mut u8, usize)>) -> Vec<libc::iovec> {
+    let mut iov: Vec<libc::iovec> = Vec::new();
+    for (p, len) in bufs {
+        match iov.last_mut() {
+            Some(last) if (last.iov_base as usize) + last.iov_len == p as usize => {
+                last.iov_len += len;
+            }
+            _ => iov.push(libc::iovec {
+                iov_base: p as *mut libc::c_void,
+                iov_len: len,
+            }),
+        }
+    }
+    iov
+}
+
 /// The completions of one `submit` call.
 struct Group {
     remaining: Cell<usize>,
@@ -390,13 +408,7 @@ impl Ring {
                 }
             }
             IoOp::Readv { offset, bufs } => {
-                slot.iov = bufs
-                    .iter_mut()
-                    .map(|b| libc::iovec {
-                        iov_base: b.as_mut_ptr() as *mut libc::c_void,
-                        iov_len: b.len(),
-                    })
-                    .collect();
+                slot.iov = iovecs(bufs.iter_mut().map(|b| (b.as_mut_ptr(), b.len())));
                 let (iov, n) = (slot.iov.as_ptr(), slot.iov.len() as u32);
                 if self.iov_fixed(&slot.iov) {
                     opcode::ReadvFixed::new(target, iov, n, 0)
@@ -408,13 +420,7 @@ impl Ring {
             }
             IoOp::Writev { offset, bufs, fua } => {
                 let flags = if *fua { libc::RWF_DSYNC } else { 0 };
-                slot.iov = bufs
-                    .iter()
-                    .map(|b| libc::iovec {
-                        iov_base: b.as_ptr() as *mut libc::c_void,
-                        iov_len: b.len(),
-                    })
-                    .collect();
+                slot.iov = iovecs(bufs.iter().map(|b| (b.as_ptr() as *mut u8, b.len())));
                 let (iov, n) = (slot.iov.as_ptr(), slot.iov.len() as u32);
                 if self.iov_fixed(&slot.iov) {
                     opcode::WritevFixed::new(target, iov, n, 0)
