@@ -1,12 +1,15 @@
 //! The transmission phase: a reader coroutine takes requests off the
 //! connection; every I/O runs in a coroutine of its own so that many are in
-//! flight at once; replies leave through one lock so frames never interleave.
+//! flight at once. Replies are appended whole to the connection's output
+//! buffer, so frames never interleave, and the replies that complete in the
+//! same reactor round leave in one write.
 
 use super::handshake::{discard, Negotiated, MAX_REQUEST_LEN};
 use super::proto::*;
 use super::ExportStats;
 use ferrite_engine::rt::{self, sync};
 use ferrite_engine::volume::{BlockVolume, IoError};
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -15,9 +18,16 @@ use std::sync::Arc;
 /// Requests in flight per connection: bounds the memory one client can pin.
 const MAX_IN_FLIGHT: usize = 128;
 
+/// A reply at least this long is written straight from its buffer when
+/// nothing else is queued, rather than copied into the output queue.
+const DIRECT_REPLY: usize = 64 << 10;
+
 struct Conn {
     sock: rt::net::TcpStream,
-    writer: sync::Mutex<()>,
+    /// Reply frames not written yet.
+    out: RefCell<Vec<u8>>,
+    /// A coroutine is writing `out`: later replies ride along with it.
+    writing: Cell<bool>,
     structured: bool,
     volume: Arc<dyn BlockVolume>,
     stats: Arc<ExportStats>,
@@ -25,9 +35,59 @@ struct Conn {
 }
 
 impl Conn {
+    /// Sends one reply frame (`parts` in order). Replies that become ready
+    /// in the same reactor round go out in one system call: at 32 reads in
+    /// flight, a write per reply was a fifth of the node's CPU. A frame is
+    /// queued whole while another coroutine is writing, and that coroutine
+    /// writes it too; it is then reported sent, and if the socket fails,
+    /// the request loop sees the broken connection.
     fn send(&self, parts: &[&[u8]]) -> io::Result<()> {
-        let _g = self.writer.lock();
-        self.sock.write_all_vectored(parts)
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if !self.writing.get() && self.out.borrow().is_empty() && len >= DIRECT_REPLY {
+            // A large payload alone: written from where it is, not copied.
+            self.writing.set(true);
+            let r = self.sock.write_all_vectored(parts);
+            let rest = self.write_queued();
+            self.writing.set(false);
+            return r.and(rest);
+        }
+        {
+            let mut out = self.out.borrow_mut();
+            parts.iter().for_each(|p| out.extend_from_slice(p));
+        }
+        if self.writing.replace(true) {
+            return Ok(());
+        }
+        // Let the other coroutines whose I/O finished in this round queue
+        // their replies first.
+        rt::yield_now();
+        let r = self.write_queued();
+        self.writing.set(false);
+        r
+    }
+
+    /// Writes queued frames until none are left (more may be queued while a
+    /// write is parked on a full socket).
+    fn write_queued(&self) -> io::Result<()> {
+        let mut spare = Vec::new();
+        loop {
+            let buf = std::mem::replace(&mut *self.out.borrow_mut(), spare);
+            if buf.is_empty() {
+                return Ok(());
+            }
+            if let Err(e) = self.sock.write_all(&buf) {
+                self.out.borrow_mut().clear();
+                return Err(e);
+            }
+            // Keep a modest buffer for the next round, not a huge one.
+            spare = if buf.capacity() <= DIRECT_REPLY * 16 {
+                let mut b = buf;
+                b.clear();
+                b
+            } else {
+                Vec::new()
+            };
+        }
     }
 
     /// Answers a request that failed, with a message when the client
@@ -112,7 +172,8 @@ pub fn errno_of(e: &IoError, is_write: bool) -> u32 {
 pub fn serve(sock: rt::net::TcpStream, neg: Negotiated, stats: Arc<ExportStats>) {
     let conn = Rc::new(Conn {
         sock,
-        writer: sync::Mutex::new(()),
+        out: RefCell::new(Vec::new()),
+        writing: Cell::new(false),
         structured: neg.structured,
         volume: neg.volume,
         stats,

@@ -143,10 +143,15 @@ fn qemu_img_convert_round_trip_is_byte_identical() {
 
 #[test]
 fn fio_nbd_engine_verifies_with_several_connections() {
-    let f = fixture(&[("vol0", 64 << 20, 512)]);
+    let f = fixture(&[("vol0", 96 << 20, 512)]);
     let mut handles = Vec::new();
-    // Two fio processes at once: several connections to one export.
-    for (i, bs) in ["4k", "64k"].iter().enumerate() {
+    // Three fio processes at once: several connections to one export. The
+    // third mixes sizes on one connection, so small replies queue behind
+    // large ones written straight from their buffers, and the reverse.
+    for (i, bs) in ["--bs=4k", "--bs=64k", "--bsrange=4k-256k"]
+        .iter()
+        .enumerate()
+    {
         let addr = f.addr;
         let bs = bs.to_string();
         handles.push(std::thread::spawn(move || {
@@ -155,7 +160,7 @@ fn fio_nbd_engine_verifies_with_several_connections() {
                 "--ioengine=nbd",
                 &format!("--uri={}", uri(addr, "vol0")),
                 "--rw=randrw",
-                &format!("--bs={bs}"),
+                &bs,
                 "--iodepth=16",
                 "--size=16m",
                 &format!("--offset={}m", i * 32),
