@@ -316,7 +316,11 @@ fn main() {
         notes.push(format!(
             "run {run} DMA pool: arena {} MiB ({}), {} MiB carved, {} buffers from the heap so far",
             pool.arena_bytes >> 20,
-            if pool.hugepages { "hugepages" } else { "normal pages" },
+            if pool.hugepages {
+                "hugepages"
+            } else {
+                "normal pages"
+            },
             pool.carved_bytes >> 20,
             pool.heap_fallbacks
         ));

@@ -181,7 +181,9 @@ fn run(args: Args) -> Result<(), String> {
         (None, None) => CoreSet::parse_mask("0x1")?,
     };
     // Before anything takes a buffer: the arena's size is fixed then.
-    let arena = args.dma_arena.unwrap_or_else(|| node::default_dma_arena(cores.len()));
+    let arena = args
+        .dma_arena
+        .unwrap_or_else(|| node::default_dma_arena(cores.len()));
     if !ferrite_engine::bdev::dma::configure(arena as usize) {
         log::warn!("DMA arena already in use; --dma-arena not applied");
     }

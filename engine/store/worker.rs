@@ -2019,8 +2019,7 @@ struct Batch {
 pub(crate) fn copy_blocks(data: &[u8]) -> (Vec<Arc<DmaBuf>>, Vec<u32>) {
     let bs = BS as usize;
     let crcs: Vec<u32> = data.chunks(bs).map(crc32c::crc32c).collect();
-    let one_piece =
-        data.len() > bs && data.len().is_power_of_two() && data.len() <= MAX_ONE_PIECE;
+    let one_piece = data.len() > bs && data.len().is_power_of_two() && data.len() <= MAX_ONE_PIECE;
     let bufs = if one_piece {
         DmaBuf::copy_from(data)
             .split(bs)

@@ -49,7 +49,10 @@ fn exercise(dev: Arc<dyn BlockDevice>) {
     r.unwrap();
     let mut want = pattern(20, 4096);
     want.extend(pattern(21, big));
-    let got: Vec<u8> = bufs.iter().flat_map(|b| b.as_slice().iter().copied()).collect();
+    let got: Vec<u8> = bufs
+        .iter()
+        .flat_map(|b| b.as_slice().iter().copied())
+        .collect();
     assert_eq!(got, want);
     dev.flush().unwrap();
     dev.write_zeroes(65536, 8192).unwrap();
