@@ -2015,7 +2015,10 @@ struct Batch {
 /// memory rather than one scatter-gather segment per block (on a
 /// virtio-blk disk without indirect descriptors, 32 segments per 128 KiB
 /// write let only 7 requests into its queue at once). Other lengths get a
-/// buffer per block: a cached block then never pins more than itself.
+/// buffer per block: one buffer would be rounded up to the next size class.
+/// A block of a one-piece write that stays in the write-back cache keeps
+/// the whole buffer (the write's own size, no more) until the last of its
+/// blocks leaves the cache.
 pub(crate) fn copy_blocks(data: &[u8]) -> (Vec<Arc<DmaBuf>>, Vec<u32>) {
     let bs = BS as usize;
     let crcs: Vec<u32> = data.chunks(bs).map(crc32c::crc32c).collect();
