@@ -129,9 +129,14 @@ enum Origin {
     Arena(usize, usize),
     /// Heap allocation of this many bytes.
     Heap(usize),
-    /// A part of a buffer cut by [`DmaBuf::split`]: the whole stays
-    /// allocated until its last part is dropped.
-    Part(std::sync::Arc<DmaBuf>),
+    /// A part of a buffer cut by [`DmaBuf::split`] or
+    /// [`DmaBuf::shared_parts`]: the whole stays allocated until its last
+    /// part (and, when shared, its last other holder) is dropped.
+    Part {
+        whole: std::sync::Arc<DmaBuf>,
+        /// Other holders may read the whole: the part is read-only.
+        shared: bool,
+    },
 }
 
 /// An aligned buffer for device I/O. `len` is the I/O size (a multiple of
@@ -145,7 +150,8 @@ pub struct DmaBuf {
 
 // SAFETY: a DmaBuf exclusively owns its bytes (arena slices are handed out
 // once until returned; the parts of a split buffer cover disjoint ranges and
-// the whole they keep alive is never accessed), like a Box<[u8]>.
+// the whole they keep alive is never accessed), like a Box<[u8]>, except
+// shared parts, which only ever read bytes that their holders only read.
 unsafe impl Send for DmaBuf {}
 // SAFETY: shared access only reads through `&self`.
 unsafe impl Sync for DmaBuf {}
@@ -225,7 +231,39 @@ impl DmaBuf {
                         .expect("an address inside a buffer is non-null"),
                     len: n,
                     cap: n,
-                    origin: Origin::Part(whole.clone()),
+                    origin: Origin::Part {
+                        whole: whole.clone(),
+                        shared: false,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Read-only parts of `part` bytes over a buffer that others keep
+    /// reading (a payload the store keeps while the replication code sends
+    /// it): each part is a buffer of its own for device writes, and the
+    /// memory is freed when the last part and the last `Arc` are dropped.
+    ///
+    /// # Panics
+    /// If `part` is 0.
+    pub fn shared_parts(whole: &std::sync::Arc<DmaBuf>, part: usize) -> Vec<DmaBuf> {
+        assert!(part > 0, "DmaBuf::shared_parts into empty parts");
+        let (base, len) = (whole.ptr, whole.len);
+        (0..len)
+            .step_by(part)
+            .map(|at| {
+                let n = part.min(len - at);
+                DmaBuf {
+                    // at < len <= cap: inside the whole's allocation.
+                    ptr: NonNull::new(base.as_ptr().wrapping_add(at))
+                        .expect("an address inside a buffer is non-null"),
+                    len: n,
+                    cap: n,
+                    origin: Origin::Part {
+                        whole: whole.clone(),
+                        shared: true,
+                    },
                 }
             })
             .collect()
@@ -271,9 +309,23 @@ impl DmaBuf {
     }
 
     /// The bytes of the buffer, mutably.
+    ///
+    /// # Panics
+    /// On a part from [`DmaBuf::shared_parts`], whose bytes others may be
+    /// reading.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`, and `&mut self` makes the access exclusive.
+        self.assert_writable();
+        // SAFETY: as in `as_slice`, and `&mut self` makes the access
+        // exclusive: no other buffer covers these bytes (split parts are
+        // disjoint), and shared parts were refused above.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn assert_writable(&self) {
+        assert!(
+            !matches!(self.origin, Origin::Part { shared: true, .. }),
+            "DmaBuf: a shared part is read-only"
+        );
     }
 
     /// The start address, for submission to a device.
@@ -282,7 +334,11 @@ impl DmaBuf {
     }
 
     /// The start address, for a device to write into.
+    ///
+    /// # Panics
+    /// On a part from [`DmaBuf::shared_parts`].
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.assert_writable();
         self.ptr.as_ptr()
     }
 
@@ -291,7 +347,7 @@ impl DmaBuf {
         match &self.origin {
             Origin::Arena(..) => true,
             Origin::Heap(_) => false,
-            Origin::Part(whole) => whole.in_arena(),
+            Origin::Part { whole, .. } => whole.in_arena(),
         }
     }
 }
@@ -310,7 +366,7 @@ impl Drop for DmaBuf {
                 unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
             }
             // The whole goes when its last part does (the Arc).
-            Origin::Part(_) => {}
+            Origin::Part { .. } => {}
         }
     }
 }
@@ -376,5 +432,27 @@ mod tests {
             drop(other);
             drop(last);
         }
+    }
+
+    #[test]
+    fn shared_parts_read_the_whole_and_refuse_writes() {
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        let whole = std::sync::Arc::new(DmaBuf::copy_from(&data));
+        let mut parts = DmaBuf::shared_parts(&whole, 4096);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].as_slice(), &data[4096..]);
+        assert_eq!(parts[0].as_ptr(), whole.as_ptr());
+        // The holder still reads the whole; nobody can get it mutably.
+        assert_eq!(whole.as_slice(), &data[..]);
+        let mut w = whole.clone();
+        assert!(std::sync::Arc::get_mut(&mut w).is_none());
+        drop(w);
+        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parts[0].as_mut_slice()[0] = 1;
+        }));
+        assert!(refused.is_err(), "a shared part was written");
+        // The parts outlive the holder's Arc.
+        drop(whole);
+        assert_eq!(parts[0].as_slice(), &data[..4096]);
     }
 }

@@ -2,6 +2,7 @@
 //! around any [`BlockVolume`], so every front end is measured the same way.
 
 use super::Sample;
+use crate::bdev::DmaBuf;
 use crate::volume::{AccessState, BlockVolume, IoError, VolumeInfo};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -163,6 +164,17 @@ impl BlockVolume for MeteredVolume {
         if r.is_ok() {
             self.stats.writes.fetch_add(1, Relaxed);
             self.stats.write_bytes.fetch_add(data.len() as u64, Relaxed);
+        }
+        self.done(t, r)
+    }
+
+    fn write_shared(&self, offset: u64, data: Arc<DmaBuf>) -> Result<(), IoError> {
+        let t = Instant::now();
+        let len = data.len() as u64;
+        let r = self.inner.write_shared(offset, data);
+        if r.is_ok() {
+            self.stats.writes.fetch_add(1, Relaxed);
+            self.stats.write_bytes.fetch_add(len, Relaxed);
         }
         self.done(t, r)
     }

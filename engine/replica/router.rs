@@ -12,6 +12,7 @@
 use super::proto::{ExtentCtx, Header, Op, Status, FLAG_DEALLOCATE};
 use super::service::{ExtentRecord, MetaRefusal, ReplicaError, ReplicaService};
 use super::transport::Request;
+use crate::bdev::DmaBuf;
 use crate::rt;
 use crate::volume::client::{ExtentIo, ExtentMeta, VolumeMeta};
 use crate::volume::{AccessState, IoError};
@@ -153,6 +154,41 @@ impl ReplicaRouter {
             )),
             Err(e) => Err(ReplicaError::Transport(e)),
         }
+    }
+
+    /// A write through the extent's primary: this node's service when it
+    /// is the primary (from `shared`'s blocks without a copy when given),
+    /// the primary's node otherwise.
+    fn write_via_primary(
+        &self,
+        vol: &VolumeMeta,
+        ext: &ExtentMeta,
+        offset: u64,
+        data: &[u8],
+        shared: Option<&Arc<DmaBuf>>,
+    ) -> Result<(), IoError> {
+        let ctx = Self::ctx(vol, ext);
+        let body = ctx.encode_to_vec();
+        self.with_primary(vol, ext, offset, |rec, addr| match (addr, shared) {
+            (None, Some(d)) => {
+                self.svc
+                    .write_as_primary_shared(ext.id, rec.generation, &ctx, offset, d)
+            }
+            (None, None) => self
+                .svc
+                .write_as_primary(ext.id, rec.generation, &ctx, offset, data),
+            (Some(a), _) => {
+                let h = Header {
+                    op: Op::Write as u8,
+                    extent: ext.id,
+                    generation: rec.generation,
+                    offset,
+                    ..Default::default()
+                };
+                self.remote(vol, ext.index * vol.extent_size, &a, h, body.clone(), data)
+                    .map(|_| ())
+            }
+        })
     }
 
     /// Runs `op` against the extent's primary, handling stale views,
@@ -316,24 +352,17 @@ impl ExtentIo for ReplicaRouter {
         offset: u64,
         data: &[u8],
     ) -> Result<(), IoError> {
-        let ctx = Self::ctx(vol, ext);
-        let body = ctx.encode_to_vec();
-        self.with_primary(vol, ext, offset, |rec, addr| match addr {
-            None => self
-                .svc
-                .write_as_primary(ext.id, rec.generation, &ctx, offset, data),
-            Some(a) => {
-                let h = Header {
-                    op: Op::Write as u8,
-                    extent: ext.id,
-                    generation: rec.generation,
-                    offset,
-                    ..Default::default()
-                };
-                self.remote(vol, ext.index * vol.extent_size, &a, h, body.clone(), data)
-                    .map(|_| ())
-            }
-        })
+        self.write_via_primary(vol, ext, offset, data, None)
+    }
+
+    fn write_shared(
+        &self,
+        vol: &VolumeMeta,
+        ext: &ExtentMeta,
+        offset: u64,
+        data: &Arc<DmaBuf>,
+    ) -> Result<(), IoError> {
+        self.write_via_primary(vol, ext, offset, data.as_slice(), Some(data))
     }
 
     fn write_zeroes(

@@ -31,6 +31,7 @@
 use super::proto::{self, ExtentCtx, Frame, Header, Op, Status, FLAG_DEALLOCATE};
 use super::server::{Answer, Handler};
 use super::transport::{Request, Transport, TransportError};
+use crate::bdev::DmaBuf;
 use crate::rt;
 use crate::store::ChunkStore;
 use crate::volume::local::{LocalStoreIo, Target};
@@ -383,6 +384,29 @@ impl ReplicaService {
             0,
             data,
             |local, t| local.write_locked(t, offset, data),
+        )
+    }
+
+    /// [`Self::write_as_primary`] from a shared DMA buffer: the local copy
+    /// takes its blocks without copying them.
+    pub fn write_as_primary_shared(
+        &self,
+        id: u64,
+        gen: u64,
+        ctx: &ExtentCtx,
+        offset: u64,
+        data: &Arc<DmaBuf>,
+    ) -> Result<(), ReplicaError> {
+        self.primary_op(
+            id,
+            gen,
+            ctx,
+            offset,
+            data.len() as u64,
+            Op::Replicate,
+            0,
+            data.as_slice(),
+            |local, t| local.write_locked_shared(t, offset, data),
         )
     }
 

@@ -677,6 +677,25 @@ impl ChunkStore {
         }
     }
 
+    /// [`Self::write`] from a DMA buffer the caller keeps sharing (a
+    /// gateway's received payload): its blocks are written and cached as
+    /// read-only parts of `data`, without a copy, when `data` is a whole
+    /// number of blocks of a DMA size class (a power of two up to 4 MiB).
+    /// Other lengths are copied, as `write` does.
+    pub fn write_shared(&self, id: u64, offset: u64, data: &Arc<DmaBuf>) -> Result<(), StoreError> {
+        let w = self.worker(id);
+        let Some((bufs, crcs)) = worker::share_blocks(data) else {
+            return self.write(id, offset, data.as_slice());
+        };
+        if rt::in_coroutine() {
+            rt::migrate::run_on(rt::migrate::Target::Reactor(w.reactor), || {
+                w.write(id, offset, bufs, crcs)
+            })
+        } else {
+            self.on(w, move |w| w.write(id, offset, bufs, crcs))?
+        }
+    }
+
     /// Reads into `buf` from `offset` (multiples of 4 KiB). Unwritten blocks
     /// read as zeroes; a block failing its crc32c fails the read.
     pub fn read(&self, id: u64, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {

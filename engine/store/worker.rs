@@ -2040,3 +2040,19 @@ pub(crate) fn copy_blocks(data: &[u8]) -> (Vec<Arc<DmaBuf>>, Vec<u32>) {
 /// The largest write [`copy_blocks`] copies into one buffer (the DMA
 /// pool's largest size class).
 const MAX_ONE_PIECE: usize = 4 << 20;
+
+/// `data`'s blocks as read-only parts of it, with their crc32c, when it
+/// is the shape [`copy_blocks`] would copy into one piece (or one block);
+/// `None` otherwise.
+pub(crate) fn share_blocks(data: &Arc<DmaBuf>) -> Option<(Vec<Arc<DmaBuf>>, Vec<u32>)> {
+    let (bs, len) = (BS as usize, data.len());
+    if len < bs || !len.is_power_of_two() || len > MAX_ONE_PIECE {
+        return None;
+    }
+    let crcs = data.as_slice().chunks(bs).map(crc32c::crc32c).collect();
+    let bufs = DmaBuf::shared_parts(data, bs)
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    Some((bufs, crcs))
+}

@@ -12,6 +12,7 @@
 //! done through another node shows up here without a restart.
 
 use super::{check_range, AccessState, BlockVolume, IoError, VolumeInfo, VolumeProvider};
+use crate::bdev::DmaBuf;
 use crate::metrics::volume::{MeteredVolume, VolumeStats};
 use crate::rt::sync::Mutex as CoMutex;
 use std::collections::HashMap;
@@ -80,6 +81,17 @@ pub trait ExtentIo: Send + Sync {
         offset: u64,
         data: &[u8],
     ) -> Result<(), IoError>;
+    /// [`Self::write`] from a DMA buffer that the store may keep without a
+    /// copy; by default, a plain write of its bytes.
+    fn write_shared(
+        &self,
+        vol: &VolumeMeta,
+        ext: &ExtentMeta,
+        offset: u64,
+        data: &Arc<DmaBuf>,
+    ) -> Result<(), IoError> {
+        self.write(vol, ext, offset, data.as_slice())
+    }
     fn write_zeroes(
         &self,
         vol: &VolumeMeta,
@@ -375,6 +387,21 @@ impl BlockVolume for Volume {
                 p.ext_offset,
                 &data[p.buf_offset..p.buf_offset + p.len],
             )
+        })
+    }
+
+    fn write_shared(&self, offset: u64, data: Arc<DmaBuf>) -> Result<(), IoError> {
+        let io = self.io.clone();
+        let len = data.len();
+        self.for_pieces(offset, len as u64, true, |meta, ext, p| {
+            let e = ext.expect("allocated for writes");
+            if p.buf_offset == 0 && p.len == len {
+                // Within one extent: the buffer goes on whole.
+                io.write_shared(meta, e, p.ext_offset, &data)
+            } else {
+                let piece = &data.as_slice()[p.buf_offset..p.buf_offset + p.len];
+                io.write(meta, e, p.ext_offset, piece)
+            }
         })
     }
 

@@ -10,6 +10,7 @@
 
 use super::client::{ExtentIo, ExtentMeta, VolumeMeta};
 use super::{AccessState, IoError};
+use crate::bdev::DmaBuf;
 use crate::rt::sync::{Mutex as CoMutex, MutexGuard};
 use crate::store::{ChunkStore, StoreError};
 use std::sync::Arc;
@@ -113,6 +114,32 @@ impl LocalStoreIo {
                 }
                 self.store
                     .write(t.extent, offset, data)
+                    .map_err(|e| map_err(t, offset, e))
+            }
+            r => r.map_err(|e| map_err(t, offset, e)),
+        }
+    }
+
+    /// [`Self::write_locked`] from a shared DMA buffer: a block-aligned
+    /// range goes to the store without a copy where the store can take the
+    /// buffer's blocks as they are (`ChunkStore::write_shared`).
+    pub fn write_locked_shared(
+        &self,
+        t: Target<'_>,
+        offset: u64,
+        data: &Arc<DmaBuf>,
+    ) -> Result<(), IoError> {
+        if offset % BLOCK != 0 || data.len() as u64 % BLOCK != 0 {
+            return self.write_locked(t, offset, data.as_slice());
+        }
+        match self.store.write_shared(t.extent, offset, data) {
+            Err(StoreError::NoSuchExtent { .. }) => {
+                match self.store.create_extent(t.extent, t.extent_size) {
+                    Ok(()) | Err(StoreError::ExtentExists { .. }) => {}
+                    Err(e) => return Err(map_err(t, offset, e)),
+                }
+                self.store
+                    .write_shared(t.extent, offset, data)
                     .map_err(|e| map_err(t, offset, e))
             }
             r => r.map_err(|e| map_err(t, offset, e)),
@@ -264,6 +291,17 @@ impl ExtentIo for LocalStoreIo {
     ) -> Result<(), IoError> {
         let _g = self.lock_range(ext.id, offset, data.len() as u64);
         self.write_locked(Target::of(vol, ext), offset, data)
+    }
+
+    fn write_shared(
+        &self,
+        vol: &VolumeMeta,
+        ext: &ExtentMeta,
+        offset: u64,
+        data: &Arc<DmaBuf>,
+    ) -> Result<(), IoError> {
+        let _g = self.lock_range(ext.id, offset, data.len() as u64);
+        self.write_locked_shared(Target::of(vol, ext), offset, data)
     }
 
     fn write_zeroes(

@@ -14,6 +14,7 @@ pub mod client;
 pub mod local;
 pub mod mem;
 
+use crate::bdev::DmaBuf;
 use std::fmt;
 use std::sync::Arc;
 
@@ -101,6 +102,13 @@ pub trait BlockVolume: Send + Sync {
     /// Writes `data` at `offset`; returns when it is durable on every live
     /// replica (so FUA needs nothing more).
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), IoError>;
+
+    /// [`Self::write`] from a DMA buffer the front end received the payload
+    /// into: a volume that can, hands its blocks to the store without a
+    /// copy. By default, a plain write of its bytes.
+    fn write_shared(&self, offset: u64, data: Arc<DmaBuf>) -> Result<(), IoError> {
+        self.write(offset, data.as_slice())
+    }
 
     /// Makes every acknowledged write durable. Writes already are when they
     /// return, so this is cheap; it exists for front ends' FLUSH commands.

@@ -7,6 +7,7 @@
 use super::handshake::{discard, Negotiated, MAX_REQUEST_LEN};
 use super::proto::*;
 use super::ExportStats;
+use ferrite_engine::bdev::DmaBuf;
 use ferrite_engine::rt::{self, sync};
 use ferrite_engine::volume::{BlockVolume, IoError};
 use std::cell::{Cell, RefCell};
@@ -230,16 +231,18 @@ fn request_loop(conn: &Rc<Conn>) -> io::Result<()> {
                 });
             }
             CMD_WRITE => {
-                // The payload must come off the socket before the next header.
-                let mut buf = vec![0u8; req.len as usize];
-                conn.sock.read_exact(&mut buf)?;
+                // The payload must come off the socket before the next
+                // header. It goes into a DMA buffer, which the store can
+                // keep as it is (`BlockVolume::write_shared`).
+                let mut buf = DmaBuf::new(req.len as usize);
+                conn.sock.read_exact(buf.as_mut_slice())?;
                 if let Some(msg) = out_of_range(req.offset, req.len as u64, size) {
                     conn.send_error(req.cookie, ENOSPC, &msg)?;
                     continue;
                 }
                 spawn_io(conn, move |c| {
                     // Writes are durable when they return, FUA or not.
-                    let r = c.volume.write(req.offset, &buf);
+                    let r = c.volume.write_shared(req.offset, Arc::new(buf));
                     if r.is_ok() {
                         c.stats.writes.fetch_add(1, Ordering::Relaxed);
                         c.stats
