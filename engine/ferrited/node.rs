@@ -455,7 +455,20 @@ impl NodeEvents {
             .map(|e| e.volume)
             .collect();
         names.extend(self.saved.list().into_iter().map(|(name, _)| name));
-        for name in names {
+        if names.is_empty() {
+            return;
+        }
+        // One listing for all of them. Those missing from it are asked about
+        // one by one: a volume created and exported after the listing is
+        // missing from it too.
+        let listed: std::collections::BTreeSet<String> = match catalog.list_volumes() {
+            Ok(v) => v.into_iter().collect(),
+            Err(e) => {
+                log::debug!("listing volumes for the export check: {e}");
+                return;
+            }
+        };
+        for name in names.into_iter().filter(|n| !listed.contains(n)) {
             if let Err(IoError::Gone { .. }) = catalog.get_volume(&name) {
                 log::info!("volume {name} is gone from meta: removing this node's exports of it");
                 self.remove_exports(&name);
