@@ -218,26 +218,7 @@ impl DmaBuf {
     /// # Panics
     /// If `part` is 0.
     pub fn split(self, part: usize) -> Vec<DmaBuf> {
-        assert!(part > 0, "DmaBuf::split into empty parts");
-        let (base, len) = (self.ptr, self.len);
-        let whole = std::sync::Arc::new(self);
-        (0..len)
-            .step_by(part)
-            .map(|at| {
-                let n = part.min(len - at);
-                DmaBuf {
-                    // at < len <= cap: inside the whole's allocation.
-                    ptr: NonNull::new(base.as_ptr().wrapping_add(at))
-                        .expect("an address inside a buffer is non-null"),
-                    len: n,
-                    cap: n,
-                    origin: Origin::Part {
-                        whole: whole.clone(),
-                        shared: false,
-                    },
-                }
-            })
-            .collect()
+        Self::parts(&std::sync::Arc::new(self), part, false)
     }
 
     /// Read-only parts of `part` bytes over a buffer that others keep
@@ -248,7 +229,11 @@ impl DmaBuf {
     /// # Panics
     /// If `part` is 0.
     pub fn shared_parts(whole: &std::sync::Arc<DmaBuf>, part: usize) -> Vec<DmaBuf> {
-        assert!(part > 0, "DmaBuf::shared_parts into empty parts");
+        Self::parts(whole, part, true)
+    }
+
+    fn parts(whole: &std::sync::Arc<DmaBuf>, part: usize, shared: bool) -> Vec<DmaBuf> {
+        assert!(part > 0, "DmaBuf: parts of 0 bytes");
         let (base, len) = (whole.ptr, whole.len);
         (0..len)
             .step_by(part)
@@ -262,7 +247,7 @@ impl DmaBuf {
                     cap: n,
                     origin: Origin::Part {
                         whole: whole.clone(),
-                        shared: true,
+                        shared,
                     },
                 }
             })

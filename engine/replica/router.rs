@@ -169,15 +169,11 @@ impl ReplicaRouter {
     ) -> Result<(), IoError> {
         let ctx = Self::ctx(vol, ext);
         let body = ctx.encode_to_vec();
-        self.with_primary(vol, ext, offset, |rec, addr| match (addr, shared) {
-            (None, Some(d)) => {
-                self.svc
-                    .write_as_primary_shared(ext.id, rec.generation, &ctx, offset, d)
-            }
-            (None, None) => self
+        self.with_primary(vol, ext, offset, |rec, addr| match addr {
+            None => self
                 .svc
-                .write_as_primary(ext.id, rec.generation, &ctx, offset, data),
-            (Some(a), _) => {
+                .write_as_primary(ext.id, rec.generation, &ctx, offset, data, shared),
+            Some(a) => {
                 let h = Header {
                     op: Op::Write as u8,
                     extent: ext.id,

@@ -366,6 +366,8 @@ impl ReplicaService {
     // The primary.
 
     /// Writes as the primary: local and every other replica and learner.
+    /// With `shared` (the same bytes in a DMA buffer), the local copy takes
+    /// its blocks without copying them.
     pub fn write_as_primary(
         &self,
         id: u64,
@@ -373,6 +375,7 @@ impl ReplicaService {
         ctx: &ExtentCtx,
         offset: u64,
         data: &[u8],
+        shared: Option<&Arc<DmaBuf>>,
     ) -> Result<(), ReplicaError> {
         self.primary_op(
             id,
@@ -383,30 +386,10 @@ impl ReplicaService {
             Op::Replicate,
             0,
             data,
-            |local, t| local.write_locked(t, offset, data),
-        )
-    }
-
-    /// [`Self::write_as_primary`] from a shared DMA buffer: the local copy
-    /// takes its blocks without copying them.
-    pub fn write_as_primary_shared(
-        &self,
-        id: u64,
-        gen: u64,
-        ctx: &ExtentCtx,
-        offset: u64,
-        data: &Arc<DmaBuf>,
-    ) -> Result<(), ReplicaError> {
-        self.primary_op(
-            id,
-            gen,
-            ctx,
-            offset,
-            data.len() as u64,
-            Op::Replicate,
-            0,
-            data.as_slice(),
-            |local, t| local.write_locked_shared(t, offset, data),
+            |local, t| match shared {
+                Some(d) => local.write_locked_shared(t, offset, d),
+                None => local.write_locked(t, offset, data),
+            },
         )
     }
 
@@ -1116,7 +1099,14 @@ impl Handler for ReplicaService {
                 let Some(ctx) = ctx else {
                     return Answer::error(Status::BadRequest, "a write needs its extent context");
                 };
-                answer_of(self.write_as_primary(h.extent, h.generation, &ctx, h.offset, &f.payload))
+                answer_of(self.write_as_primary(
+                    h.extent,
+                    h.generation,
+                    &ctx,
+                    h.offset,
+                    &f.payload,
+                    None,
+                ))
             }
             Some(Op::Zero) => {
                 let Some(ctx) = ctx else {

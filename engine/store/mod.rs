@@ -668,6 +668,18 @@ impl ChunkStore {
         // caller's reactor: the worker's reactor is where all writes of its
         // extents meet, and they should not queue behind this CPU work.
         let (bufs, crcs) = worker::copy_blocks(data);
+        self.write_blocks(w, id, offset, bufs, crcs)
+    }
+
+    /// Hands a write's blocks to their worker, on its reactor.
+    fn write_blocks(
+        &self,
+        w: &Arc<Worker>,
+        id: u64,
+        offset: u64,
+        bufs: Vec<Arc<DmaBuf>>,
+        crcs: Vec<u32>,
+    ) -> Result<(), StoreError> {
         if rt::in_coroutine() {
             rt::migrate::run_on(rt::migrate::Target::Reactor(w.reactor), || {
                 w.write(id, offset, bufs, crcs)
@@ -687,13 +699,7 @@ impl ChunkStore {
         let Some((bufs, crcs)) = worker::share_blocks(data) else {
             return self.write(id, offset, data.as_slice());
         };
-        if rt::in_coroutine() {
-            rt::migrate::run_on(rt::migrate::Target::Reactor(w.reactor), || {
-                w.write(id, offset, bufs, crcs)
-            })
-        } else {
-            self.on(w, move |w| w.write(id, offset, bufs, crcs))?
-        }
+        self.write_blocks(w, id, offset, bufs, crcs)
     }
 
     /// Reads into `buf` from `offset` (multiples of 4 KiB). Unwritten blocks

@@ -2022,8 +2022,7 @@ struct Batch {
 pub(crate) fn copy_blocks(data: &[u8]) -> (Vec<Arc<DmaBuf>>, Vec<u32>) {
     let bs = BS as usize;
     let crcs: Vec<u32> = data.chunks(bs).map(crc32c::crc32c).collect();
-    let one_piece = data.len() > bs && data.len().is_power_of_two() && data.len() <= MAX_ONE_PIECE;
-    let bufs = if one_piece {
+    let bufs = if data.len() > bs && is_one_piece(data.len()) {
         DmaBuf::copy_from(data)
             .split(bs)
             .into_iter()
@@ -2037,16 +2036,19 @@ pub(crate) fn copy_blocks(data: &[u8]) -> (Vec<Arc<DmaBuf>>, Vec<u32>) {
     (bufs, crcs)
 }
 
-/// The largest write [`copy_blocks`] copies into one buffer (the DMA
-/// pool's largest size class).
-const MAX_ONE_PIECE: usize = 4 << 20;
+/// Whether a write of `len` bytes fills one DMA size class exactly (a
+/// power of two from 4 KiB to 4 MiB, the pool's largest class): its blocks
+/// may then share one buffer with nothing wasted.
+fn is_one_piece(len: usize) -> bool {
+    len >= BS as usize && len.is_power_of_two() && len <= 4 << 20
+}
 
 /// `data`'s blocks as read-only parts of it, with their crc32c, when it
 /// is the shape [`copy_blocks`] would copy into one piece (or one block);
 /// `None` otherwise.
 pub(crate) fn share_blocks(data: &Arc<DmaBuf>) -> Option<(Vec<Arc<DmaBuf>>, Vec<u32>)> {
-    let (bs, len) = (BS as usize, data.len());
-    if len < bs || !len.is_power_of_two() || len > MAX_ONE_PIECE {
+    let bs = BS as usize;
+    if !is_one_piece(data.len()) {
         return None;
     }
     let crcs = data.as_slice().chunks(bs).map(crc32c::crc32c).collect();

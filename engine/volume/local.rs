@@ -106,15 +106,24 @@ impl LocalStoreIo {
 
     /// Writes whole blocks, creating the extent on its first write.
     fn store_write(&self, t: Target<'_>, offset: u64, data: &[u8]) -> Result<(), IoError> {
-        match self.store.write(t.extent, offset, data) {
+        self.creating_extent(t, offset, || self.store.write(t.extent, offset, data))
+    }
+
+    /// Runs `write`; if the extent does not exist yet, creates it and runs
+    /// `write` again.
+    fn creating_extent(
+        &self,
+        t: Target<'_>,
+        offset: u64,
+        write: impl Fn() -> Result<(), StoreError>,
+    ) -> Result<(), IoError> {
+        match write() {
             Err(StoreError::NoSuchExtent { .. }) => {
                 match self.store.create_extent(t.extent, t.extent_size) {
                     Ok(()) | Err(StoreError::ExtentExists { .. }) => {}
                     Err(e) => return Err(map_err(t, offset, e)),
                 }
-                self.store
-                    .write(t.extent, offset, data)
-                    .map_err(|e| map_err(t, offset, e))
+                write().map_err(|e| map_err(t, offset, e))
             }
             r => r.map_err(|e| map_err(t, offset, e)),
         }
@@ -132,18 +141,9 @@ impl LocalStoreIo {
         if offset % BLOCK != 0 || data.len() as u64 % BLOCK != 0 {
             return self.write_locked(t, offset, data.as_slice());
         }
-        match self.store.write_shared(t.extent, offset, data) {
-            Err(StoreError::NoSuchExtent { .. }) => {
-                match self.store.create_extent(t.extent, t.extent_size) {
-                    Ok(()) | Err(StoreError::ExtentExists { .. }) => {}
-                    Err(e) => return Err(map_err(t, offset, e)),
-                }
-                self.store
-                    .write_shared(t.extent, offset, data)
-                    .map_err(|e| map_err(t, offset, e))
-            }
-            r => r.map_err(|e| map_err(t, offset, e)),
-        }
+        self.creating_extent(t, offset, || {
+            self.store.write_shared(t.extent, offset, data)
+        })
     }
 
     /// Writes any 512-aligned range; the caller holds the range locks.
