@@ -223,8 +223,8 @@ fn main() {
                 .map_or(f64::NAN, |v| v.0);
             let rr = fio(&file, "randread", "randread", "4k", working_mb, secs)
                 .map_or(f64::NAN, |v| v.0);
-            let sw =
-                fio(&file, "seqwrite", "write", "128k", seq_mb, secs).map_or(f64::NAN, |v| v.1 / 1e6);
+            let sw = fio(&file, "seqwrite", "write", "128k", seq_mb, secs)
+                .map_or(f64::NAN, |v| v.1 / 1e6);
             // For scale, not a target: the same random writes made durable
             // the way group commit does, one fdatasync per 32 writes.
             let rw_sync = fio_with(
