@@ -121,20 +121,26 @@ fn classify(status: &Status) -> Next {
         Code::Unavailable => Next::Rotate,
         // A connection that broke mid-call (the process died) surfaces as
         // UNKNOWN or CANCELLED from the transport, not from the service.
-        Code::Unknown | Code::Cancelled
-            if {
-                let m = status.message().to_ascii_lowercase();
-                m.contains("transport")
-                    || m.contains("connection")
-                    || m.contains("broken pipe")
-                    || m.contains("h2 protocol")
-                    || m.contains("stream")
-            } =>
-        {
-            Next::Rotate
-        }
+        Code::Unknown | Code::Cancelled if broken_connection(status) => Next::Rotate,
         _ => Next::Fail,
     }
+}
+
+/// Whether `status` came from the transport rather than the service. The
+/// message alone is not enough: a connection closed by a killed meta reads
+/// "operation was canceled", and only its source (hyper's "connection
+/// closed") says why.
+fn broken_connection(status: &Status) -> bool {
+    let mut text = status.message().to_ascii_lowercase();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        text.push('\n');
+        text.push_str(&e.to_string().to_ascii_lowercase());
+        source = e.source();
+    }
+    ["transport", "connection", "broken pipe", "h2 protocol", "stream"]
+        .iter()
+        .any(|m| text.contains(m))
 }
 
 /// An error for a bad endpoint list.
@@ -764,5 +770,14 @@ mod tests {
             Next::Rotate
         ));
         assert!(matches!(classify(&Status::unknown("boom")), Next::Fail));
+        // What tonic gave when the meta serving the call was SIGKILLed: the
+        // reason is only in the source.
+        let mut killed = Status::cancelled("operation was canceled");
+        killed.set_source(Arc::new(std::io::Error::other("connection closed")));
+        assert!(matches!(classify(&killed), Next::Rotate));
+        assert!(matches!(
+            classify(&Status::cancelled("operation was canceled")),
+            Next::Fail
+        ));
     }
 }
