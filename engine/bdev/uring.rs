@@ -39,6 +39,17 @@ use std::task::Waker;
 
 const SQ_ENTRIES: u32 = 256;
 const CQ_ENTRIES: u32 = 1024;
+/// Queued requests that are handed to the kernel at once, before the end of
+/// the reactor's round (one caller's group still goes whole). A round that
+/// queues 32 reads and submits them with one `io_uring_enter` gets them back
+/// together from devices that complete a batch as one (virtio-blk here:
+/// every request then waits for the slowest of its batch), and resubmits
+/// them together: the queue runs in lockstep and empties between rounds.
+/// Submitting every few requests keeps it refilling; measured on this
+/// project's 2-core VM, the store's 4 KiB random reads at QD32 went from
+/// 59-64k to 69-78k IOPS (four A/B runs each), for one system call per 4
+/// requests instead of one per round.
+const SUBMIT_BATCH: u32 = 4;
 
 /// A file or block device driven through io_uring.
 pub struct UringDevice {
@@ -208,6 +219,7 @@ impl BlockDevice for UringDevice {
             group.remaining.set(group.remaining.get() + 1);
             ring.push(self.file.as_raw_fd(), op, group.clone(), index);
         }
+        ring.submit_if_batched();
         if group.remaining.get() > 0 {
             *group.waker.borrow_mut() = Some(rt::current_waker());
             while group.remaining.get() > 0 {
@@ -466,6 +478,21 @@ impl Ring {
         }
         self.inflight.set(self.inflight.get() + 1);
         self.unsubmitted.set(self.unsubmitted.get() + 1);
+    }
+
+    /// Hands the queued requests to the kernel now if there are
+    /// `SUBMIT_BATCH` of them; otherwise the poller does at the end of the
+    /// round. Called after a caller's whole group is queued, so that one
+    /// caller's requests (a fragmented read) still go out together.
+    fn submit_if_batched(&self) {
+        if self.unsubmitted.get() < SUBMIT_BATCH {
+            return;
+        }
+        // A failure leaves the count: the poller submits them again and
+        // reports what is wrong.
+        if self.uring.borrow_mut().submit().is_ok() {
+            self.unsubmitted.set(0);
+        }
     }
 
     /// The poller: submit what was queued, reap completions, wake waiters.
