@@ -138,9 +138,15 @@ fn broken_connection(status: &Status) -> bool {
         text.push_str(&e.to_string().to_ascii_lowercase());
         source = e.source();
     }
-    ["transport", "connection", "broken pipe", "h2 protocol", "stream"]
-        .iter()
-        .any(|m| text.contains(m))
+    [
+        "transport",
+        "connection",
+        "broken pipe",
+        "h2 protocol",
+        "stream",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
 }
 
 /// An error for a bad endpoint list.
