@@ -97,6 +97,9 @@ struct Phase {
     batches: u64,
     flushes: u64,
     cpu: f64,
+    /// Operations completed in each whole second of the phase: a cliff
+    /// (a sustained load running out of something) shows as a drop.
+    per_sec: Vec<u64>,
 }
 
 /// `QD` coroutines over both reactors, each running `op(i, rng)` until the
@@ -132,6 +135,19 @@ fn run_qd(
             })
         })
         .collect();
+    // Sampled from this thread while the coroutines run.
+    let mut per_sec = Vec::new();
+    let mut last = 0;
+    let mut next_tick = t0 + Duration::from_secs(1);
+    while !joins.iter().all(|j| j.is_finished()) {
+        std::thread::sleep(Duration::from_millis(5));
+        if Instant::now() >= next_tick {
+            let now = ops.load(Ordering::Relaxed);
+            per_sec.push(now - last);
+            last = now;
+            next_tick += Duration::from_secs(1);
+        }
+    }
     for j in joins {
         j.join().expect("benchmark coroutine");
     }
@@ -150,6 +166,7 @@ fn run_qd(
         batches: mid.batches - before.batches,
         flushes: mid.flushes - before.flushes,
         cpu,
+        per_sec,
     }
 }
 
@@ -310,6 +327,12 @@ fn main() {
                 p.flushes,
                 100.0 * p.cpu
             ));
+            if p.per_sec.len() >= 2 {
+                notes.push(format!(
+                    "run {run} store {name} ops per second: {:?}",
+                    p.per_sec
+                ));
+            }
         }
         notes.push(format!(
             "run {run} store totals: {} held writes merged into {} device writes, {} batches, {} flushes, {} checkpoints, journal {} MiB, home {} MiB ({} MiB relocated), direct {} MiB, checkpoints {} MiB, checksum errors {}",
