@@ -418,8 +418,10 @@ struct NodeEvents {
 }
 
 impl NodeEvents {
-    /// Removes this node's exports of volume `name`: its NBD exports, and
-    /// the iSCSI target and NVMe/TCP subsystem `volume_export` made for it.
+    /// Removes this node's exports of volume `name`: its NBD exports, the
+    /// iSCSI target and NVMe/TCP subsystem `volume_export` made for it, its
+    /// namespaces in other subsystems, and iSCSI targets that export only
+    /// it.
     fn remove_exports(&self, name: &str) {
         for e in self.nbd.export_list() {
             if e.volume == name {
@@ -439,6 +441,47 @@ impl NodeEvents {
                     log::warn!("volume {name} deleted: removing NVMe/TCP subsystem {nqn}: {e}");
                 }
             }
+            // Exports made with SPDK's methods name the volume as a bdev under
+            // any NQN or IQN: its namespaces go, and so do target nodes that
+            // export nothing else.
+            for sub in nvmf.subsystems() {
+                for ns in sub.namespaces().iter().filter(|ns| ns.bdev_name == name) {
+                    match nvmf.remove_namespace(&sub.nqn, ns.nsid) {
+                        Ok(()) => log::info!(
+                            "volume {name} deleted: removed namespace {} of NVMe/TCP subsystem {}",
+                            ns.nsid,
+                            sub.nqn
+                        ),
+                        Err(e) => log::warn!(
+                            "volume {name} deleted: removing namespace {} of {}: {e}",
+                            ns.nsid,
+                            sub.nqn
+                        ),
+                    }
+                }
+            }
+            for node in iscsi.target_nodes() {
+                let luns = node.luns();
+                if !luns.iter().any(|l| l.volume == name) {
+                    continue;
+                }
+                if luns.iter().all(|l| l.volume == name) {
+                    match iscsi.delete_target_node(&node.name) {
+                        Ok(()) => {
+                            log::info!("volume {name} deleted: removed iSCSI target {}", node.name)
+                        }
+                        Err(e) => log::warn!(
+                            "volume {name} deleted: removing iSCSI target {}: {e}",
+                            node.name
+                        ),
+                    }
+                } else {
+                    log::warn!(
+                        "volume {name} deleted: iSCSI target {} keeps its LUNs of it (it exports other volumes too); their I/O fails",
+                        node.name
+                    );
+                }
+            }
         }
         self.saved.remove(name);
         self.volumes.invalidate(name);
@@ -455,6 +498,14 @@ impl NodeEvents {
             .map(|e| e.volume)
             .collect();
         names.extend(self.saved.list().into_iter().map(|(name, _)| name));
+        if let Some((iscsi, nvmf)) = self.exports.get() {
+            for sub in nvmf.subsystems() {
+                names.extend(sub.namespaces().iter().map(|ns| ns.bdev_name.clone()));
+            }
+            for node in iscsi.target_nodes() {
+                names.extend(node.luns().iter().map(|l| l.volume.clone()));
+            }
+        }
         if names.is_empty() {
             return;
         }

@@ -295,9 +295,65 @@ fn clear_errors_for_bad_requests() {
     let targets = |n: &common::Node| n.listed("iscsi_get_target_nodes", "name");
     assert!(subsystems(n).contains(&nqn));
     assert!(targets(n).contains(&iqn));
+    // And those made with SPDK's methods: its namespace in a subsystem of
+    // the user's naming, and a target node exporting only it. A subsystem
+    // and a target node that export another volume too keep that one.
+    n.rpc_ok(
+        "volume_create",
+        json!({"name": "w", "pool": "p", "size": 8 * MIB}),
+    );
+    let custom = "nqn.2016-06.io.spdk:custom";
+    n.rpc_ok(
+        "nvmf_create_subsystem",
+        json!({"nqn": custom, "allow_any_host": true}),
+    );
+    for bdev in ["v", "w"] {
+        n.rpc_ok(
+            "nvmf_subsystem_add_ns",
+            json!({"nqn": custom, "namespace": {"bdev_name": bdev}}),
+        );
+    }
+    let node = |name: &str, luns: &[&str]| {
+        json!({
+            "name": name, "alias_name": name, "queue_depth": 16,
+            "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 1}],
+            "luns": luns.iter().enumerate()
+                .map(|(i, b)| json!({"bdev_name": b, "lun_id": i}))
+                .collect::<Vec<_>>(),
+        })
+    };
+    n.rpc_ok("iscsi_create_target_node", node("only-v", &["v"]));
+    n.rpc_ok("iscsi_create_target_node", node("v-and-w", &["v", "w"]));
+    let custom_bdevs = |n: &common::Node| -> Vec<String> {
+        let subs = n.rpc_ok("nvmf_get_subsystems", Value::Null);
+        let sub = subs
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["nqn"] == custom))
+            .unwrap_or_else(|| panic!("{custom} not listed: {subs}"))
+            .clone();
+        sub["namespaces"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|ns| ns["bdev_name"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let named = |n: &common::Node, tail: &str| targets(n).iter().any(|t| t.ends_with(tail));
+    assert_eq!(custom_bdevs(n), ["v", "w"]);
+    assert!(
+        named(n, ":only-v") && named(n, ":v-and-w"),
+        "{:?}",
+        targets(n)
+    );
+
     n.rpc_ok("volume_delete", json!({"name": "v"}));
     assert!(!subsystems(n).contains(&nqn), "{nqn} outlived its volume");
     assert!(!targets(n).contains(&iqn), "{iqn} outlived its volume");
+    assert_eq!(custom_bdevs(n), ["w"], "v's namespace outlived it");
+    assert!(!named(n, ":only-v"), "only-v outlived its volume");
+    assert!(named(n, ":v-and-w"), "v-and-w exports w too and stays");
 }
 
 #[test]
