@@ -173,6 +173,7 @@ impl Node {
             store: store.clone(),
             exports: std::sync::OnceLock::new(),
             saved: saved.clone(),
+            stale_luns: Default::default(),
         });
         ferrite_engine::cluster::rpc::register(&registry, link.clone(), events.clone());
         ferrite_gateway::nbd::register_rpc(&registry, nbd.clone());
@@ -415,6 +416,10 @@ struct NodeEvents {
     /// volume's `volume_export` target and subsystem go with it.
     exports: std::sync::OnceLock<(Arc<IscsiTarget>, Arc<NvmfTarget>)>,
     saved: Arc<SavedExports>,
+    /// (target node, volume): LUNs of deleted volumes that a target node
+    /// exporting other volumes too keeps. Warned about once, and left out
+    /// of the periodic check.
+    stale_luns: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl NodeEvents {
@@ -475,7 +480,12 @@ impl NodeEvents {
                             node.name
                         ),
                     }
-                } else {
+                } else if self
+                    .stale_luns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((node.name.clone(), name.to_string()))
+                {
                     log::warn!(
                         "volume {name} deleted: iSCSI target {} keeps its LUNs of it (it exports other volumes too); their I/O fails",
                         node.name
@@ -502,8 +512,14 @@ impl NodeEvents {
             for sub in nvmf.subsystems() {
                 names.extend(sub.namespaces().iter().map(|ns| ns.bdev_name.clone()));
             }
+            let stale = self.stale_luns.lock().unwrap_or_else(|p| p.into_inner());
             for node in iscsi.target_nodes() {
-                names.extend(node.luns().iter().map(|l| l.volume.clone()));
+                names.extend(
+                    node.luns()
+                        .iter()
+                        .filter(|l| !stale.contains(&(node.name.clone(), l.volume.clone())))
+                        .map(|l| l.volume.clone()),
+                );
             }
         }
         if names.is_empty() {
