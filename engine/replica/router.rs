@@ -168,7 +168,6 @@ impl ReplicaRouter {
         shared: Option<&Arc<DmaBuf>>,
     ) -> Result<(), IoError> {
         let ctx = Self::ctx(vol, ext);
-        let body = ctx.encode_to_vec();
         self.with_primary(vol, ext, offset, |rec, addr| match addr {
             None => self
                 .svc
@@ -181,7 +180,9 @@ impl ReplicaRouter {
                     offset,
                     ..Default::default()
                 };
-                self.remote(vol, ext.index * vol.extent_size, &a, h, body.clone(), data)
+                // Encoded only here: a local primary's write needs no body.
+                let body = ctx.encode_to_vec();
+                self.remote(vol, ext.index * vol.extent_size, &a, h, body, data)
                     .map(|_| ())
             }
         })
