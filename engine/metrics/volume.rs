@@ -141,6 +141,20 @@ impl MeteredVolume {
         }
         r
     }
+
+    /// [`Self::done`] for a write of `len` bytes, counted if it succeeded.
+    fn write_done(
+        &self,
+        start: Instant,
+        len: usize,
+        r: Result<(), IoError>,
+    ) -> Result<(), IoError> {
+        if r.is_ok() {
+            self.stats.writes.fetch_add(1, Relaxed);
+            self.stats.write_bytes.fetch_add(len as u64, Relaxed);
+        }
+        self.done(start, r)
+    }
 }
 
 impl BlockVolume for MeteredVolume {
@@ -161,22 +175,14 @@ impl BlockVolume for MeteredVolume {
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
         let t = Instant::now();
         let r = self.inner.write(offset, data);
-        if r.is_ok() {
-            self.stats.writes.fetch_add(1, Relaxed);
-            self.stats.write_bytes.fetch_add(data.len() as u64, Relaxed);
-        }
-        self.done(t, r)
+        self.write_done(t, data.len(), r)
     }
 
     fn write_shared(&self, offset: u64, data: Arc<DmaBuf>) -> Result<(), IoError> {
         let t = Instant::now();
-        let len = data.len() as u64;
+        let len = data.len();
         let r = self.inner.write_shared(offset, data);
-        if r.is_ok() {
-            self.stats.writes.fetch_add(1, Relaxed);
-            self.stats.write_bytes.fetch_add(len, Relaxed);
-        }
-        self.done(t, r)
+        self.write_done(t, len, r)
     }
 
     fn flush(&self) -> Result<(), IoError> {
