@@ -434,12 +434,6 @@ impl NodeEvents {
             }
         }
         if let Some((iscsi, nvmf)) = self.exports.get() {
-            let iqn = iscsi.full_name(name);
-            if iscsi.target_node(&iqn).is_some() {
-                if let Err(e) = iscsi.delete_target_node(&iqn) {
-                    log::warn!("volume {name} deleted: removing iSCSI target {iqn}: {e}");
-                }
-            }
             let nqn = ferrite_gateway::nvmf::volume_nqn(name);
             if nvmf.subsystem(&nqn).is_some() {
                 if let Err(e) = nvmf.delete_subsystem(&nqn) {
@@ -448,7 +442,7 @@ impl NodeEvents {
             }
             // Exports made with SPDK's methods name the volume as a bdev under
             // any NQN or IQN: its namespaces go, and so do target nodes that
-            // export nothing else.
+            // export nothing else (`volume_export`'s among them).
             for sub in nvmf.subsystems() {
                 for ns in sub.namespaces().iter().filter(|ns| ns.bdev_name == name) {
                     match nvmf.remove_namespace(&sub.nqn, ns.nsid) {
