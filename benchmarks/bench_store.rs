@@ -516,6 +516,13 @@ fn store_run(
         // FERRITE_BENCH_RELOCATE=0: home writes in place instead of to new
         // blocks (relocation, the default).
         relocate_home: env_u64("FERRITE_BENCH_RELOCATE", 1) != 0,
+        // FERRITE_BENCH_LOG=0: small writes journaled (written home later)
+        // instead of written once to new blocks.
+        log_small_writes: env_u64("FERRITE_BENCH_LOG", 1) != 0,
+        direct_write_min: env_u64(
+            "FERRITE_BENCH_DIRECT_KB",
+            StoreOptions::default().direct_write_min >> 10,
+        ) << 10,
         ..Default::default()
     };
     ChunkStore::format(&[file.to_path_buf()], &opts).expect("format");

@@ -91,6 +91,14 @@ pub struct StoreOptions {
     /// the cleaner puts back in order while the worker is idle (see the
     /// store README, *Write home* and *Cleaner*). False: in place.
     pub relocate_home: bool,
+    /// Small writes (journal mode) go to newly allocated blocks, written
+    /// with the batch that maps them, instead of into the journal and home
+    /// later: written once (see the store README, *Logged small writes*).
+    /// The cleaner puts the scattered layout back in order while idle.
+    /// Only with `relocate_home` (the cleaner moves blocks by relocation).
+    /// Default true; false journals them (then in place or relocated, as
+    /// `relocate_home` says).
+    pub log_small_writes: bool,
     /// With `relocate_home`: how long a worker must have served no reads
     /// or writes before its cleaner moves blocks (see the store README,
     /// *Cleaner*). `None`: no cleaner. `Some(ZERO)`: it cleans while the
@@ -114,6 +122,7 @@ impl Default for StoreOptions {
             max_batch_bytes: 4 << 20,
             quarantine_max: 256 << 20,
             relocate_home: true,
+            log_small_writes: true,
             clean_idle: Some(Duration::from_millis(200)),
         }
     }
@@ -160,6 +169,9 @@ pub struct StoreStats {
     pub merged_writes: u64,
     /// Journaled blocks written home to new blocks instead of in place.
     pub relocated_blocks: u64,
+    /// Blocks of small writes written once to new blocks with their batch
+    /// (`log_small_writes`; their bytes count in `direct_bytes`).
+    pub logged_blocks: u64,
     /// Blocks the cleaner moved (to empty segments or to put an extent's
     /// blocks in logical order), and segments (4 MiB of data area) with no
     /// block in use.
@@ -562,6 +574,7 @@ impl ChunkStore {
             journal_bytes: AtomicU64::new(0),
             home_bytes: AtomicU64::new(0),
             direct_bytes: AtomicU64::new(0),
+            logged_blocks: AtomicU64::new(0),
             checkpoint_bytes: AtomicU64::new(0),
             checksum_errors: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -823,6 +836,7 @@ impl ChunkStore {
             held_writes: l(&sh.held_writes),
             merged_writes: l(&sh.merged_writes),
             relocated_blocks: l(&sh.relocated_blocks),
+            logged_blocks: l(&sh.logged_blocks),
             cleaned_blocks: l(&sh.cleaned_blocks),
             free_segments: sh.alloc().empty_segments(),
             ..Default::default()

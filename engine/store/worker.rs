@@ -71,6 +71,7 @@ pub(crate) struct Shared {
     pub journal_bytes: AtomicU64,
     pub home_bytes: AtomicU64,
     pub direct_bytes: AtomicU64,
+    pub logged_blocks: AtomicU64,
     pub checkpoint_bytes: AtomicU64,
     pub checksum_errors: AtomicU64,
     pub batches: AtomicU64,
@@ -309,6 +310,15 @@ pub(crate) enum OpKind {
         bufs: Vec<Arc<DmaBuf>>,
         crcs: Vec<u32>,
         reserved: Vec<Pba>,
+    },
+    /// A small write whose data the committer writes to `runs` (newly
+    /// allocated blocks) alongside the batch that maps it: see
+    /// `log_write`.
+    LWrite {
+        lblock: u64,
+        bufs: Vec<Arc<DmaBuf>>,
+        crcs: Vec<u32>,
+        runs: Vec<(Pba, u64)>,
     },
     /// Data already written to `runs`.
     Map {
@@ -675,6 +685,9 @@ impl Worker {
         };
         let lblock = offset / BS;
         let r = match mode {
+            WriteMode::Journal if opts.log_small_writes && opts.relocate_home => {
+                self.log_write(id, lblock, bufs, crcs)
+            }
             WriteMode::Journal => self.journal_write(id, lblock, bufs, crcs, Vec::new()),
             WriteMode::Direct => self.direct_write(id, lblock, bufs, crcs, Vec::new()),
             WriteMode::Hold => self.hold_write(id, lblock, bufs, crcs),
@@ -741,6 +754,46 @@ impl Worker {
                 reserved,
             },
             done: extra,
+        })
+    }
+
+    /// Writes a small write to newly allocated blocks as part of the next
+    /// batch: the committer writes the data there and the `Map` records to
+    /// the journal together, and one flush covers both. The data is written
+    /// once, and a batch of concurrent small writes lands in one run of
+    /// neighbouring blocks. Recovery checks the last batch's mapped blocks
+    /// against their crcs, so a batch whose data did not reach the device
+    /// is dropped whole. Journaled instead (in place) when less than an
+    /// eighth of the store is free: copy-on-write frees the old blocks only
+    /// at the next checkpoint.
+    fn log_write(
+        &self,
+        id: u64,
+        lblock: u64,
+        bufs: Vec<Arc<DmaBuf>>,
+        crcs: Vec<u32>,
+    ) -> Result<(), StoreError> {
+        let n = bufs.len() as u64;
+        let runs = {
+            let mut a = self.sh.alloc();
+            if a.free_blocks() < n + a.total_blocks() / 8 {
+                None
+            } else {
+                a.alloc_run(n).map(|p| vec![(p, n)]).or_else(|| a.alloc(n))
+            }
+        };
+        let Some(runs) = runs else {
+            return self.journal_write(id, lblock, bufs, crcs, Vec::new());
+        };
+        self.commit(PendingOp {
+            id,
+            kind: OpKind::LWrite {
+                lblock,
+                bufs,
+                crcs,
+                runs,
+            },
+            done: Vec::new(),
         })
     }
 
@@ -1178,7 +1231,14 @@ impl Worker {
                 batch.done.iter().for_each(|c| c.complete(Ok(())));
                 continue;
             }
-            match self.write_batch(&batch.records, batch.data, batch.lpos, batch.skip_at) {
+            let log_bytes = batch.log.len() as u64 * BS;
+            match self.write_batch(
+                &batch.records,
+                batch.data,
+                batch.log,
+                batch.lpos,
+                batch.skip_at,
+            ) {
                 Ok(()) => {
                     let end = batch.lpos + batch.blocks;
                     let mut st = self.st();
@@ -1191,11 +1251,20 @@ impl Worker {
                             }
                         }
                     }
+                    for (key, version) in batch.logged {
+                        if st.cache.get(&key).is_some_and(|d| d.version == version) {
+                            st.cache.remove(&key);
+                        }
+                    }
                     for p in batch.freed {
                         st.quarantine.push((end, p));
                     }
                     drop(st);
                     self.sh.batches.fetch_add(1, Ordering::Relaxed);
+                    self.sh.direct_bytes.fetch_add(log_bytes, Ordering::Relaxed);
+                    self.sh
+                        .logged_blocks
+                        .fetch_add(log_bytes / BS, Ordering::Relaxed);
                     self.home_ev.set();
                     batch.done.iter().for_each(|c| c.complete(Ok(())));
                     // Let the writers just acknowledged run and queue their
@@ -1232,6 +1301,10 @@ impl Worker {
                 self.take_relocation(st, op, &mut b);
                 continue;
             }
+            if matches!(op.kind, OpKind::LWrite { .. }) {
+                self.take_log_write(st, op, &mut b);
+                continue;
+            }
             match self.resolve(st, op) {
                 Ok((recs, bufs, done)) => {
                     let mut at = 0;
@@ -1249,7 +1322,7 @@ impl Worker {
         }
         // Placement: a batch never straddles the end of the region.
         let hb = journal::header_blocks_for(&b.records);
-        b.blocks = hb + data_blocks;
+        b.blocks = hb + b.data.len() as u64;
         let to_end = self.jblocks() - st.tail % self.jblocks();
         if b.blocks > to_end {
             b.skip_at = Some(st.tail);
@@ -1314,7 +1387,9 @@ impl Worker {
                 }
                 Ok((vec![Record::Unmap { id, lblock, count }], vec![], op.done))
             }
-            OpKind::Relocate { .. } => unreachable!("take_batch handles relocations"),
+            OpKind::Relocate { .. } | OpKind::LWrite { .. } => {
+                unreachable!("take_batch handles relocations and logged writes")
+            }
             OpKind::Map { lblock, runs, crcs } => {
                 if missing(st) {
                     self.sh.free_runs(&runs);
@@ -1460,6 +1535,65 @@ impl Worker {
         }
     }
 
+    /// Adds a logged write to the batch: `Map` records for its new blocks,
+    /// its data to be written there with the batch, and dirty-cache entries
+    /// that serve reads until the batch is durable (the map points to the
+    /// new blocks from now on, and their data is not there yet).
+    fn take_log_write(&self, st: &mut WState, op: PendingOp, b: &mut Batch) {
+        let OpKind::LWrite {
+            lblock,
+            bufs,
+            crcs,
+            runs,
+        } = op.kind
+        else {
+            unreachable!("only logged writes come here");
+        };
+        let id = op.id;
+        if !st.extents.contains_key(&id) {
+            self.sh.free_runs(&runs);
+            let e = StoreError::NoSuchExtent { extent: id };
+            b.rejected
+                .extend(op.done.into_iter().map(|c| (c, e.clone())));
+            return;
+        }
+        let mut i = 0usize;
+        for (p, n) in runs {
+            let r = Record::Map {
+                id,
+                lblock: lblock + i as u64,
+                pba: p,
+                crcs: crcs[i..i + n as usize].to_vec(),
+            };
+            unwatch(&mut st.clean_watch, &r);
+            r.apply(&mut st.extents, &mut |old| b.freed.push(old));
+            b.records.push(r);
+            for k in 0..n {
+                let key = (id, lblock + i as u64 + k);
+                let version = st.next_version;
+                st.next_version += 1;
+                let buf = bufs[i + k as usize].clone();
+                let inflight = st.cache.get(&key).is_some_and(|d| d.inflight);
+                st.cache.insert(
+                    key,
+                    Dirty {
+                        buf: buf.clone(),
+                        pba: p.plus(k),
+                        lpos: u64::MAX, // never home-written: no checkpoint waits for it
+                        version,
+                        durable: false,
+                        inflight,
+                        moved: false,
+                    },
+                );
+                b.logged.push((key, version));
+                b.log.push((p.plus(k), buf));
+            }
+            i += n as usize;
+        }
+        b.done.extend(op.done);
+    }
+
     /// Adds a relocation to the batch: every block still at the version the
     /// home writer copied is mapped to its new home (one `Map` record per run
     /// of neighbours) and its old home is freed once the batch is durable.
@@ -1534,15 +1668,40 @@ impl Worker {
         op.done.iter().for_each(|c| c.complete(Ok(())));
     }
 
-    /// Writes a batch (and a skip header before it if needed) and flushes.
+    /// Writes a batch (and a skip header before it if needed) and the data
+    /// of its logged writes, then flushes.
     fn write_batch(
         &self,
         records: &[Record],
         data: Vec<Arc<DmaBuf>>,
+        log: Vec<(Pba, Arc<DmaBuf>)>,
         lpos: u64,
         skip_at: Option<u64>,
     ) -> Result<(), StoreError> {
-        let mut ops = Vec::new();
+        // Logged data: one request per run of neighbouring blocks. Device 0's
+        // go out with the journal write; other devices' first.
+        let mut per_dev: Vec<Vec<IoOp>> = (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
+        let mut i = 0;
+        while i < log.len() {
+            let start = log[i].0;
+            let mut j = i + 1;
+            while j < log.len() && log[j].0 == start.plus((j - i) as u64) && j - i < REQUEST_BLOCKS
+            {
+                j += 1;
+            }
+            per_dev[start.device()].push(IoOp::Writev {
+                fua: false,
+                offset: start.block() * BS,
+                bufs: log[i..j].iter().map(|(_, b)| b.clone()).collect(),
+            });
+            i = j;
+        }
+        let mut ops = std::mem::take(&mut per_dev[0]);
+        for (d, dops) in per_dev.into_iter().enumerate().skip(1) {
+            if !dops.is_empty() {
+                self.sh.run_ops(d, dops)?;
+            }
+        }
         if let Some(at) = skip_at {
             let skip = journal::encode_header(self.jid, at, &[], true);
             ops.push(IoOp::Write {
@@ -1956,6 +2115,12 @@ fn devices_of(records: &[Record]) -> u64 {
 fn op_cost(op: &PendingOp) -> (u64, u64) {
     match &op.kind {
         OpKind::JWrite { bufs, .. } => (bufs.len() as u64, jwrite_record_bytes(bufs.len() as u64)),
+        // Counted as if journaled: the batch's data stays within
+        // `max_batch_bytes` either way.
+        OpKind::LWrite { bufs, runs, .. } => (
+            bufs.len() as u64,
+            40 * runs.len() as u64 + 4 * bufs.len() as u64,
+        ),
         OpKind::Map { runs, crcs, .. } => (0, 40 * runs.len() as u64 + 4 * crcs.len() as u64),
         // At most one Map record per block (neighbours share one).
         OpKind::Relocate { items, .. } => (0, 40 * items.len() as u64),
@@ -2000,6 +2165,10 @@ struct Batch {
     done: Vec<Arc<Completion>>,
     rejected: Vec<(Arc<Completion>, StoreError)>,
     dirty: Vec<((u64, u64), u64)>,
+    /// Logged writes' cache entries, dropped once the batch is durable.
+    logged: Vec<((u64, u64), u64)>,
+    /// Logged writes' blocks: where each goes, and its data.
+    log: Vec<(Pba, Arc<DmaBuf>)>,
     freed: Vec<Pba>,
     lpos: u64,
     blocks: u64,

@@ -1,6 +1,8 @@
-//! The cleaner (with relocated home writes): once the store is idle it puts
-//! randomly rewritten extents back in logical order and empties segments,
-//! without changing what any block reads, across a reopen.
+//! The cleaner: once the store is idle it puts randomly rewritten extents
+//! back in logical order and empties segments, without changing what any
+//! block reads, across a reopen. Small writes scatter the layout either way
+//! they are placed: journaled and relocated home, or logged (written once
+//! to new blocks, the default).
 
 use ferrite_engine::bdev::Backend;
 use ferrite_engine::rt::{Config, Runtime};
@@ -43,8 +45,20 @@ fn fragments(store: &ChunkStore) -> u64 {
 }
 
 #[test]
-fn cleaner_restores_layout_and_empties_segments_when_idle() {
-    let path = std::env::temp_dir().join(format!("ferrite-cleaner-{}", std::process::id()));
+fn cleaner_restores_layout_after_relocated_home_writes() {
+    cleaner_restores_layout_and_empties_segments_when_idle(false);
+}
+
+#[test]
+fn cleaner_restores_layout_after_logged_small_writes() {
+    cleaner_restores_layout_and_empties_segments_when_idle(true);
+}
+
+fn cleaner_restores_layout_and_empties_segments_when_idle(log_small_writes: bool) {
+    let path = std::env::temp_dir().join(format!(
+        "ferrite-cleaner-{}-{log_small_writes}",
+        std::process::id()
+    ));
     std::fs::File::create(&path)
         .unwrap()
         .set_len(128 << 20)
@@ -55,6 +69,7 @@ fn cleaner_restores_layout_and_empties_segments_when_idle() {
         extent_size_max: 32 << 20,
         backend: Backend::Uring,
         relocate_home: true,
+        log_small_writes,
         clean_idle: Some(Duration::from_millis(100)),
         ..Default::default()
     };
@@ -63,7 +78,8 @@ fn cleaner_restores_layout_and_empties_segments_when_idle() {
     let store = ChunkStore::open(&devs, &opts, &runtime.handle()).unwrap();
 
     // 72 MiB laid out in order, then 5000 random 4 KiB rewrites: each
-    // home-writer round relocates its blocks to one new run.
+    // home-writer round relocates its blocks to one new run, or each
+    // rewrite is written to a new block.
     for id in IDS {
         store.create_extent(id, EXT).unwrap();
         for off in (0..EXT).step_by(1 << 20) {
@@ -116,10 +132,17 @@ fn cleaner_restores_layout_and_empties_segments_when_idle() {
         after.free_segments,
         after.relocated_blocks
     );
-    assert!(
-        before.relocated_blocks > 0,
-        "home writes must have been relocated"
-    );
+    if log_small_writes {
+        assert_eq!(
+            before.relocated_blocks, 0,
+            "logged writes have nothing to write home"
+        );
+    } else {
+        assert!(
+            before.relocated_blocks > 0,
+            "home writes must have been relocated"
+        );
+    }
     assert!(
         after.cleaned_blocks > 0,
         "the cleaner must have moved blocks"

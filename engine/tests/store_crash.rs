@@ -13,8 +13,10 @@
 //! Three workloads run at once: small random writes (journaled), large
 //! writes and unmaps (direct), and sequential streams issued four at a time
 //! (held and merged). The journal is small, so checkpoints and journal wrap
-//! happen many times per cycle. Home writes go in place in even cycles and
-//! to new blocks (`relocate_home`, the default) in odd ones.
+//! happen many times per cycle. The cycles take turns between three
+//! placements of small writes: journaled and written home in place,
+//! journaled and relocated home (`relocate_home`), and written once to new
+//! blocks with the batch that maps them (`log_small_writes`, the default).
 //!
 //! `CYCLES=N` sets the number of kill cycles (default 20).
 
@@ -34,11 +36,28 @@ const CHILD_ENV: &str = "FERRITE_STORE_CRASH_CHILD";
 const EXT_BLOCKS: u64 = 2048;
 const EXTENTS: [u64; 3] = [11, 12, 13];
 
-/// `relocate`: home writes go to new blocks (the default; odd cycles) or
-/// in place (even cycles).
-fn opts(relocate: bool) -> StoreOptions {
+/// Where small writes go in a cycle (`cycle % 3`).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Placement {
+    /// Journaled, then written home in place.
+    InPlace,
+    /// Journaled, then relocated home to new blocks.
+    Relocated,
+    /// Written once to new blocks with their batch (the default).
+    Logged,
+}
+
+impl Placement {
+    fn of_cycle(cycle: usize) -> Self {
+        [Self::InPlace, Self::Relocated, Self::Logged][cycle % 3]
+    }
+}
+
+fn opts(placement: Placement) -> StoreOptions {
+    let relocate = placement != Placement::InPlace;
     StoreOptions {
         relocate_home: relocate,
+        log_small_writes: placement == Placement::Logged,
         // With relocation the cleaner runs while the child writes, so
         // kills land in its moves too.
         clean_idle: relocate.then_some(Duration::ZERO),
@@ -153,8 +172,13 @@ fn child(dir: &Path) {
             .unwrap(),
     )));
     let runtime = Runtime::new(Config::for_tests(2)).unwrap();
-    let relocate = dir.join("relocate").exists();
-    let store = ChunkStore::open(&[file], &opts(relocate), &runtime.handle()).unwrap();
+    let placement = Placement::of_cycle(
+        std::fs::read_to_string(dir.join("cycle"))
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
+    let store = ChunkStore::open(&[file], &opts(placement), &runtime.handle()).unwrap();
     log.line("READY".into());
     let seq = Arc::new(AtomicU64::new(start_seq));
     let h = runtime.handle();
@@ -215,8 +239,9 @@ fn child(dir: &Path) {
             }
         }));
     }
-    // How many home writes went to new blocks so far (the parent checks
-    // that kills land while relocations happen).
+    // How many home writes went to new blocks, blocks the cleaner moved and
+    // small writes logged so far (the parent checks that kills land while
+    // each of these happens).
     {
         let (s, log) = (store.clone(), log.clone());
         std::thread::spawn(move || {
@@ -225,6 +250,7 @@ fn child(dir: &Path) {
                 let st = s.stats();
                 log.line(format!("R {}", st.relocated_blocks));
                 log.line(format!("C {}", st.cleaned_blocks));
+                log.line(format!("L {}", st.logged_blocks));
             }
         });
     }
@@ -394,11 +420,15 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
         .set_len(128 << 20)
         .unwrap();
     std::fs::File::create(dir.join("log")).unwrap();
-    ChunkStore::format(std::slice::from_ref(&file), &opts(false)).unwrap();
+    ChunkStore::format(std::slice::from_ref(&file), &opts(Placement::InPlace)).unwrap();
     {
         let runtime = Runtime::new(Config::for_tests(2)).unwrap();
-        let store =
-            ChunkStore::open(std::slice::from_ref(&file), &opts(false), &runtime.handle()).unwrap();
+        let store = ChunkStore::open(
+            std::slice::from_ref(&file),
+            &opts(Placement::InPlace),
+            &runtime.handle(),
+        )
+        .unwrap();
         for id in EXTENTS {
             store.create_extent(id, EXT_BLOCKS * K4).unwrap();
         }
@@ -411,15 +441,12 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
     let (mut total_blocks, mut total_torn, mut total_acks, mut early_kills) = (0, 0, 0, 0);
     let mut relocated = 0u64;
     let mut cleaned = 0u64;
+    let mut logged = 0u64;
     let n = cycles();
     for cycle in 0..n {
         std::fs::write(dir.join("next_seq"), next_seq.to_string()).unwrap();
-        let relocate = cycle % 2 == 1;
-        if relocate {
-            std::fs::write(dir.join("relocate"), "").unwrap();
-        } else {
-            let _ = std::fs::remove_file(dir.join("relocate"));
-        }
+        let placement = Placement::of_cycle(cycle);
+        std::fs::write(dir.join("cycle"), cycle.to_string()).unwrap();
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &dir)
@@ -455,6 +482,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
         log_offset = log.len();
         let mut cycle_relocated = 0u64;
         let mut cycle_cleaned = 0u64;
+        let mut cycle_logged = 0u64;
         for l in &new_lines {
             if let Some(s) = l.strip_prefix("S ") {
                 let seq: u64 = s.split_whitespace().next().unwrap().parse().unwrap();
@@ -469,11 +497,14 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
             if let Some(r) = l.strip_prefix("C ") {
                 cycle_cleaned = cycle_cleaned.max(r.parse().unwrap_or(0));
             }
+            if let Some(r) = l.strip_prefix("L ") {
+                cycle_logged = cycle_logged.max(r.parse().unwrap_or(0));
+            }
         }
         let runtime = Runtime::new(Config::for_tests(2)).unwrap();
         let store = ChunkStore::open(
             std::slice::from_ref(&file),
-            &opts(relocate),
+            &opts(placement),
             &runtime.handle(),
         )
         .unwrap_or_else(|e| panic!("cycle {cycle}: reopen after the kill failed: {e}"));
@@ -487,6 +518,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
         baseline = b;
         relocated += cycle_relocated;
         cleaned += cycle_cleaned;
+        logged += cycle_logged;
         assert_eq!(store.stats().checksum_errors, 0);
         total_blocks += checked;
         total_torn += torn;
@@ -498,16 +530,21 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
     eprintln!(
         "crash test: {n} SIGKILL cycles ({early_kills} during open), {total_acks} acknowledged ops, \
          {total_blocks} blocks verified, {total_torn} in-flight writes checked for tearing, \
-         at least {relocated} blocks relocated home and {cleaned} moved by the cleaner before the kills"
+         at least {relocated} blocks relocated home, {cleaned} moved by the cleaner and \
+         {logged} small-write blocks logged before the kills"
     );
     assert!(total_acks > 0);
     assert!(
         relocated > 0,
-        "home writes must have been relocated in some odd cycle"
+        "home writes must have been relocated in some cycle"
+    );
+    assert!(
+        logged > 0,
+        "small writes must have been logged in some cycle"
     );
     assert!(
         cleaned > 0,
-        "the cleaner must have moved blocks in some odd cycle"
+        "the cleaner must have moved blocks in some cycle"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

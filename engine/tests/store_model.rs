@@ -45,11 +45,24 @@ struct Model {
     extents: HashMap<u64, (u64, HashMap<u64, u64>)>,
 }
 
-/// With relocation the cleaner runs too, while the test writes (it
+/// Where small writes go.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Placement {
+    /// Journaled, then written home in place.
+    InPlace,
+    /// Journaled, then relocated home to new blocks.
+    Relocated,
+    /// Written once to new blocks with their batch (the default).
+    Logged,
+}
+
+/// Unless in place, the cleaner runs too, while the test writes (it
 /// normally waits for the worker to be idle).
-fn opts(backend: Backend, relocate_home: bool) -> StoreOptions {
+fn opts(backend: Backend, placement: Placement) -> StoreOptions {
+    let relocate_home = placement != Placement::InPlace;
     StoreOptions {
         relocate_home,
+        log_small_writes: placement == Placement::Logged,
         clean_idle: relocate_home.then_some(Duration::ZERO),
         workers: 2,
         journal_size: 1 << 20,
@@ -106,6 +119,7 @@ struct Totals {
     held: u64,
     moved: u64,
     cleaned: u64,
+    logged: u64,
 }
 
 impl Totals {
@@ -115,12 +129,12 @@ impl Totals {
         self.held += s.held_writes;
         self.moved += s.relocated_blocks;
         self.cleaned += s.cleaned_blocks;
+        self.logged += s.logged_blocks;
     }
 }
 
-/// `relocate`: home writes go to new blocks (the default) or in place.
-fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, relocate: bool) {
-    let o = opts(backend, relocate);
+fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, placement: Placement) {
+    let o = opts(backend, placement);
     ChunkStore::format(
         &devs,
         &StoreOptions {
@@ -273,13 +287,24 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, relo
         held,
         moved,
         cleaned,
+        logged,
     } = t;
-    if relocate {
-        assert!(moved > 0, "home writes must have been relocated");
-        assert!(cleaned > 0, "the cleaner must have moved blocks");
-    } else {
-        assert_eq!(moved, 0, "relocation is off: home writes go in place");
-        assert_eq!(cleaned, 0, "no cleaner without relocation");
+    match placement {
+        Placement::InPlace => {
+            assert_eq!(moved, 0, "relocation is off: home writes go in place");
+            assert_eq!(cleaned, 0, "no cleaner without relocation");
+        }
+        Placement::Relocated => {
+            assert!(moved > 0, "home writes must have been relocated");
+            assert!(cleaned > 0, "the cleaner must have moved blocks");
+        }
+        Placement::Logged => {
+            assert!(logged > 0, "small writes must have been logged");
+            assert!(cleaned > 0, "the cleaner must have moved blocks");
+        }
+    }
+    if placement != Placement::Logged {
+        assert_eq!(logged, 0, "small writes are journaled");
     }
     assert!(
         held > 0,
@@ -287,15 +312,20 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, relo
     );
     assert!(ckpts > 0, "the small journal must have forced checkpoints");
     eprintln!(
-        "model ({backend:?}, seed {seed}): {steps} steps, {reopens} reopens, {crashes} crash reopens, {ckpts} checkpoints while running, {held} writes held and merged, {moved} blocks relocated home, {cleaned} moved by the cleaner"
+        "model ({backend:?}, seed {seed}): {steps} steps, {reopens} reopens, {crashes} crash reopens, {ckpts} checkpoints while running, {held} writes held and merged, {moved} blocks relocated home, {cleaned} moved by the cleaner, {logged} logged ({placement:?})"
     );
     store.close().unwrap();
 }
 
 #[test]
 fn model_on_malloc() {
-    // Seed 1 relocates (the default); seed 2 writes home in place.
-    for seed in [1u64, 2] {
+    // Seed 1 logs small writes (the default), seed 2 writes them home in
+    // place, seed 4 relocates them home.
+    for (seed, placement) in [
+        (1u64, Placement::Logged),
+        (2, Placement::InPlace),
+        (4, Placement::Relocated),
+    ] {
         let name = format!("store-model-{seed}");
         malloc::create(&name, 48 << 20);
         run_model(
@@ -303,7 +333,7 @@ fn model_on_malloc() {
             vec![PathBuf::from(&name)],
             seed,
             700,
-            seed != 2,
+            placement,
         );
         malloc::remove(&name);
     }
@@ -321,7 +351,7 @@ fn model_on_uring_two_devices() {
             p
         })
         .collect();
-    run_model(Backend::Uring, devs.clone(), 3, 500, true);
+    run_model(Backend::Uring, devs.clone(), 3, 500, Placement::Logged);
     for p in devs {
         let _ = std::fs::remove_file(p);
     }
