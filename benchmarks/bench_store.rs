@@ -519,6 +519,10 @@ fn store_run(
         // FERRITE_BENCH_LOG=0: small writes journaled (written home later)
         // instead of written once to new blocks.
         log_small_writes: env_u64("FERRITE_BENCH_LOG", 1) != 0,
+        quarantine_max: env_u64(
+            "FERRITE_BENCH_QUARANTINE_MB",
+            StoreOptions::default().quarantine_max >> 20,
+        ) << 20,
         direct_write_min: env_u64(
             "FERRITE_BENCH_DIRECT_KB",
             StoreOptions::default().direct_write_min >> 10,

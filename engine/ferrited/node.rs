@@ -59,6 +59,9 @@ pub struct NodeConfig {
     /// The store writes journaled blocks home to new contiguous blocks
     /// (false with `--home-in-place`: in place).
     pub relocate_home: bool,
+    /// The store writes small writes once to new blocks (false with
+    /// `--journal-small-writes`: journaled, then written home).
+    pub log_small_writes: bool,
 }
 
 /// A running node.
@@ -358,6 +361,7 @@ fn open_store(cfg: &NodeConfig, handle: &Handle) -> Result<Arc<ChunkStore>, Stri
     let opts = StoreOptions {
         workers: handle.reactor_count(),
         relocate_home: cfg.relocate_home,
+        log_small_writes: cfg.log_small_writes,
         ..StoreOptions::default()
     };
     let devices = cfg.devices.clone();
@@ -575,6 +579,7 @@ fn store_stats_json(store: &ChunkStore) -> Value {
         "direct_bytes": s.direct_bytes, "checkpoint_bytes": s.checkpoint_bytes,
         "relocated_bytes": s.relocated_blocks * ferrite_engine::bdev::BLOCK_SIZE,
         "cleaned_bytes": s.cleaned_blocks * ferrite_engine::bdev::BLOCK_SIZE,
+        "logged_bytes": s.logged_blocks * ferrite_engine::bdev::BLOCK_SIZE,
         "free_segments": s.free_segments,
         "checksum_errors": s.checksum_errors, "write_amplification": s.write_amplification,
         "devices": s.devices.iter().map(|d| json!({"name": d.name, "bytes_written": d.stats.bytes_written, "bytes_read": d.stats.bytes_read, "flushes": d.stats.flushes})).collect::<Vec<_>>(),
@@ -829,6 +834,12 @@ fn register_store_metrics(m: &Metrics, store: Arc<ChunkStore>) {
             "Bytes the store's cleaner moved",
             vec![],
             (s.cleaned_blocks * ferrite_engine::bdev::BLOCK_SIZE) as f64,
+        ));
+        out.push(Sample::counter(
+            "ferrite_store_logged_bytes_total",
+            "Bytes of small writes written once to new blocks with their journal batch",
+            vec![],
+            (s.logged_blocks * ferrite_engine::bdev::BLOCK_SIZE) as f64,
         ));
         out.push(Sample::gauge(
             "ferrite_store_free_segments",

@@ -259,6 +259,51 @@ impl Allocator {
         None
     }
 
+    /// Allocates `n` blocks for logged small writes, as runs `(first,
+    /// count)`, or nothing if fewer than `n` are free. Like `alloc_run` it
+    /// goes on from the log head, then starts an empty segment. Once no
+    /// segment is empty, it fills the holes of the *emptiest* segment in
+    /// address order rather than the first hole anywhere: that is where the
+    /// holes are longest, so the blocks of one batch lie in few runs, and
+    /// the batch takes few device requests. The blocks come from the device
+    /// with the most free blocks (any devices, as `alloc` does, if it has
+    /// fewer than `n`).
+    pub fn alloc_log(&mut self, n: u64) -> Option<Vec<(Pba, u64)>> {
+        if n == 0 {
+            return Some(Vec::new());
+        }
+        let d = (0..self.devs.len()).max_by_key(|&d| self.devs[d].free)?;
+        if self.devs[d].free < n {
+            return self.alloc(n);
+        }
+        let dev = &mut self.devs[d];
+        let mut runs: Vec<(Pba, u64)> = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let h = match dev.head {
+                Some(h) if h < dev.blocks && h % SEGMENT_BLOCKS != 0 && dev.seg_free(h) > 0 => h,
+                _ => dev.log_segment()?,
+            };
+            let seg_end = ((h / SEGMENT_BLOCKS + 1) * SEGMENT_BLOCKS).min(dev.blocks);
+            let mut i = h;
+            while i < seg_end && left > 0 {
+                if !dev.is_used(i) {
+                    dev.set(i, true);
+                    dev.free -= 1;
+                    left -= 1;
+                    let p = Pba::new(d, dev.start + i);
+                    match runs.last_mut() {
+                        Some((q, k)) if q.plus(*k) == p => *k += 1,
+                        _ => runs.push((p, 1)),
+                    }
+                }
+                i += 1;
+            }
+            dev.head = Some(i);
+        }
+        Some(runs)
+    }
+
     /// Allocates `n` blocks from the holes of the fullest segments that
     /// have any, as runs `(first, count)`; nothing if fewer than `n` are
     /// free. The cleaner's way out when free space is all holes and
@@ -339,6 +384,28 @@ impl DeviceSpace {
             }
         }
         used
+    }
+
+    /// Where logged writes go on once the log head's segment is used up:
+    /// an empty segment, or else the start of the segment (the short last
+    /// one included) with the most free blocks. `None` if none has a free
+    /// block.
+    fn log_segment(&self) -> Option<u64> {
+        if let Some(i) = self.find_empty_segment() {
+            return Some(i);
+        }
+        (0..self.seg_used.len())
+            .map(|g| (g, self.seg_free(g as u64 * SEGMENT_BLOCKS)))
+            .filter(|&(_, free)| free > 0)
+            .max_by_key(|&(g, free)| (free, std::cmp::Reverse(g)))
+            .map(|(g, _)| g as u64 * SEGMENT_BLOCKS)
+    }
+
+    /// Free blocks in the segment holding block `i`.
+    fn seg_free(&self, i: u64) -> u64 {
+        let g = i / SEGMENT_BLOCKS;
+        let size = SEGMENT_BLOCKS.min(self.blocks - g * SEGMENT_BLOCKS);
+        size - self.seg_used[g as usize] as u64
     }
 
     /// The first whole segment with no block in use, from the log head's
@@ -463,6 +530,46 @@ mod tests {
         assert!(!a.is_data_block(Pba::new(0, 5)));
         a.free(Pba::new(0, 5)); // not a data block: ignored
         assert_eq!(a.free_blocks(), 0);
+    }
+
+    #[test]
+    fn alloc_log_continues_at_the_head_then_fills_the_emptiest_segment() {
+        let seg = SEGMENT_BLOCKS;
+        let mut a = Allocator::new(&[(0, 3 * seg + 100)]);
+        // An empty store: one run from the start, going on at the head.
+        assert_eq!(a.alloc_log(10), Some(vec![(Pba::new(0, 0), 10)]));
+        assert_eq!(a.alloc_log(5), Some(vec![(Pba::new(0, 10), 5)]));
+        // Fill everything, then free every other block of segment 1 from
+        // 100 on (462 free) and every fourth of segment 2 (256 free).
+        let rest = a.free_blocks();
+        assert_eq!(a.alloc(rest).map(|r| r.len()), Some(1));
+        (seg + 100..2 * seg)
+            .step_by(2)
+            .for_each(|b| a.free(Pba::new(0, b)));
+        (2 * seg..3 * seg)
+            .step_by(4)
+            .for_each(|b| a.free(Pba::new(0, b)));
+        a.free(Pba::new(0, 3 * seg + 7)); // the short last segment: 1 free
+                                          // The head is at the end: the emptiest segment (1) is filled in
+                                          // address order, hole after hole.
+        let got = a.alloc_log(3).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (Pba::new(0, seg + 100), 1),
+                (Pba::new(0, seg + 102), 1),
+                (Pba::new(0, seg + 104), 1)
+            ]
+        );
+        assert_eq!(a.alloc_log(1), Some(vec![(Pba::new(0, seg + 106), 1)]));
+        // The rest of segment 1, then segment 2 (the emptiest left).
+        let got = a.alloc_log(462 - 4 + 2).unwrap();
+        assert_eq!(got.last(), Some(&(Pba::new(0, 2 * seg + 4), 1)));
+        assert_eq!(got.iter().map(|r| r.1).sum::<u64>(), 460);
+        // All that is left: segment 2's holes, then the short segment's one.
+        assert_eq!(a.alloc_log(255).map(|r| r.len()), Some(254 + 1));
+        assert_eq!(a.free_blocks(), 0);
+        assert_eq!(a.alloc_log(1), None);
     }
 
     #[test]

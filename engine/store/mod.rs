@@ -82,7 +82,8 @@ pub struct StoreOptions {
     /// Largest journal batch (default 4 MiB).
     pub max_batch_bytes: u64,
     /// Quarantined (freed, not yet reusable) bytes per worker that trigger
-    /// a checkpoint (default 256 MiB).
+    /// a checkpoint (default 1 GiB), or a quarter of the free space shared
+    /// among the workers if that is less.
     pub quarantine_max: u64,
     /// Write journaled blocks home to newly allocated, contiguous blocks
     /// (their mapping journaled) instead of in place, while at least an
@@ -120,7 +121,7 @@ impl Default for StoreOptions {
             merge_max: 4 << 20,
             hold_timeout: Duration::from_micros(200),
             max_batch_bytes: 4 << 20,
-            quarantine_max: 256 << 20,
+            quarantine_max: 1 << 30,
             relocate_home: true,
             log_small_writes: true,
             clean_idle: Some(Duration::from_millis(200)),

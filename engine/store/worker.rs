@@ -36,7 +36,7 @@
 //!   worker is idle, so that free space stays in whole segments and extents
 //!   in logical order; it hands them to the home writer as moved versions.
 
-use super::allocator::Allocator;
+use super::allocator::{Allocator, SEGMENT_BLOCKS};
 use super::checkpoint;
 use super::error::StoreError;
 use super::extent::{Entry, Extent, Pba};
@@ -485,6 +485,18 @@ impl Worker {
     }
 
     /// Device-0 byte offset of journal position `lpos`.
+    /// Quarantined blocks that make the committer take a checkpoint (which
+    /// releases them): `quarantine_max`, or a quarter of the free blocks
+    /// shared among the workers if that is less, so that space freed by
+    /// copy-on-write writes comes back before free space runs short. Each
+    /// checkpoint writes the worker's whole map, so a large store checkpoints
+    /// no more often than it needs to.
+    fn quarantine_limit(&self) -> u64 {
+        let free = self.sh.alloc().free_blocks();
+        let share = free / (4 * self.sh.opts.workers.max(1) as u64);
+        (self.sh.opts.quarantine_max / BS).min(share.max(SEGMENT_BLOCKS))
+    }
+
     fn jphys(&self, lpos: u64) -> u64 {
         (self.sh.sb.journal_of(self.id) + lpos % self.jblocks()) * BS
     }
@@ -779,7 +791,7 @@ impl Worker {
             if a.free_blocks() < n + a.total_blocks() / 8 {
                 None
             } else {
-                a.alloc_run(n).map(|p| vec![(p, n)]).or_else(|| a.alloc(n))
+                a.alloc_log(n)
             }
         };
         let Some(runs) = runs else {
@@ -1154,7 +1166,7 @@ impl Worker {
             let used = st.tail - st.head;
             let want_ckpt = !st.ckpt_waiters.is_empty()
                 || used > self.jblocks() / 2
-                || st.quarantine.len() as u64 > self.sh.opts.quarantine_max / BS;
+                || st.quarantine.len() as u64 > self.quarantine_limit();
             if want_ckpt && st.ckpt_job.is_none() && (used > 0 || !st.ckpt_waiters.is_empty()) {
                 let image = checkpoint::encode(self.jid, st.ckpt_seq + 1, st.tail, &st.extents);
                 let waiters = std::mem::take(&mut st.ckpt_waiters);

@@ -22,7 +22,7 @@ mod model {
 
     /// The store's model test (engine/tests/store_model.rs) on `devs`.
     pub fn run(devs: Vec<PathBuf>, seed: u64, steps: usize) {
-        run_model(Backend::Nvme, devs, seed, steps, true)
+        run_model(Backend::Nvme, devs, seed, steps, Placement::Logged)
     }
 }
 

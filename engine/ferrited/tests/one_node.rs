@@ -45,22 +45,40 @@ fn fio_verify_4k_and_64k_through_nbd() {
     assert_eq!(st["dma"]["heap_buffers"], 0, "{st}");
 }
 
-/// Journaled blocks go home to new blocks (the default). Random 4k
-/// writes through NBD (more than a quarter of the journals, so home writes
-/// run), verified by fio. Once the node is idle its cleaner moves the
-/// scattered blocks back in order; the node is then SIGKILLed and the data
-/// verified again after journal replay.
+/// Small writes go to new blocks, written once with the batch that maps
+/// them (the default). Random 4k writes through NBD, verified by fio. Once
+/// the node is idle its cleaner moves the scattered blocks back in order;
+/// the node is then SIGKILLed and the data verified again after journal
+/// replay.
+#[test]
+fn logged_small_writes_verify_before_and_after_sigkill() {
+    small_writes_verify_before_and_after_sigkill("logged", &[]);
+}
+
+/// The same with `--journal-small-writes`: small writes journaled, and
+/// their blocks relocated home to new blocks (160 MiB is more than a
+/// quarter of the journals, so home writes run).
 #[test]
 fn relocated_home_writes_verify_before_and_after_sigkill() {
-    let mut c = Cluster::start("relocate", 1);
-    c.add_node();
+    small_writes_verify_before_and_after_sigkill("relocate", &["--journal-small-writes"]);
+}
+
+fn small_writes_verify_before_and_after_sigkill(name: &str, args: &[&str]) {
+    let mut c = Cluster::start(name, 1);
+    c.add_node_with(args);
     c.volume("pool0", 1, "vol0", 256 * MIB);
     c.node(0).rpc_ok("volume_export", json!({"name": "vol0"}));
     let job = ["--rw=randwrite", "--randrepeat=1"];
     let (ok, out) = fio_verify(&c.node(0).nbd_uri("vol0"), "4k", "160m", &job);
     assert!(ok && !out.contains("verify: bad"), "{out}");
     let st = c.node(0).rpc_ok("store_get_stats", Value::Null);
-    assert!(st["relocated_bytes"].as_u64().unwrap() > 0, "{st}");
+    let (moved, idle) = if args.is_empty() {
+        ("logged_bytes", "relocated_bytes")
+    } else {
+        ("relocated_bytes", "logged_bytes")
+    };
+    assert!(st[moved].as_u64().unwrap() > 0, "{st}");
+    assert_eq!(st[idle], 0, "{st}");
     assert_eq!(st["checksum_errors"], 0);
     let cleaned = eventually(|| {
         let st = c.node(0).rpc_ok("store_get_stats", Value::Null);
@@ -83,6 +101,7 @@ fn relocated_home_writes_verify_before_and_after_sigkill() {
         .unwrap();
     assert!(moved > 0.0, "ferrite_store_cleaned_bytes_total is {moved}");
     assert!(page.contains("ferrite_store_free_segments "), "{page}");
+    assert!(page.contains("ferrite_store_logged_bytes_total "), "{page}");
     assert!(page.contains("ferrite_dma_heap_buffers_total "), "{page}");
     // The default arena: 64 MiB and a quarter of a 64 MiB journal for each
     // of the two reactors.
