@@ -544,12 +544,10 @@ impl Conn {
                     conn,
                 } => {
                     *self.session.borrow_mut() = Some(session.clone());
-                    self.send(pdu, &data)?;
-                    // Digests and segment sizes apply from the next PDU on.
-                    self.header_digest.set(conn.header_digest);
-                    self.data_digest.set(conn.data_digest);
-                    self.max_send.set(conn.max_send_data);
-                    self.max_recv.set(conn.max_recv_data);
+                    // Listed before the initiator hears it is logged in, so
+                    // that what it does next (another connection, a
+                    // `iscsi_get_connections`) finds it; teardown unlists it
+                    // whatever happens to the reply.
                     let node = session.node().map(|n| n.name.clone()).unwrap_or_default();
                     self.target.register_conn(ConnectionInfo {
                         id: self.shared.id,
@@ -561,6 +559,12 @@ impl Conn {
                         target_node_name: node.clone(),
                         initiator_name: session.initiator_name.clone(),
                     });
+                    self.send(pdu, &data)?;
+                    // Digests and segment sizes apply from the next PDU on.
+                    self.header_digest.set(conn.header_digest);
+                    self.data_digest.set(conn.data_digest);
+                    self.max_send.set(conn.max_send_data);
+                    self.max_recv.set(conn.max_recv_data);
                     log::info!(
                         "iscsi: {} ({}) logged in to {} (tsih {}, cid {}, {}digests {}/{})",
                         session.initiator_name,
