@@ -519,6 +519,8 @@ fn store_run(
         // FERRITE_BENCH_LOG=0: small writes journaled (written home later)
         // instead of written once to new blocks.
         log_small_writes: env_u64("FERRITE_BENCH_LOG", 1) != 0,
+        // For experiments: the quarantine that forces a checkpoint, and the
+        // smallest write that goes direct.
         quarantine_max: env_u64(
             "FERRITE_BENCH_QUARANTINE_MB",
             StoreOptions::default().quarantine_max >> 20,

@@ -549,9 +549,10 @@ mod tests {
         (2 * seg..3 * seg)
             .step_by(4)
             .for_each(|b| a.free(Pba::new(0, b)));
-        a.free(Pba::new(0, 3 * seg + 7)); // the short last segment: 1 free
-                                          // The head is at the end: the emptiest segment (1) is filled in
-                                          // address order, hole after hole.
+        // And one block of the short last segment.
+        a.free(Pba::new(0, 3 * seg + 7));
+        // The head is at the end: the emptiest segment (1) is filled in
+        // address order, hole after hole.
         let got = a.alloc_log(3).unwrap();
         assert_eq!(
             got,

@@ -94,7 +94,7 @@ pub struct StoreOptions {
     pub relocate_home: bool,
     /// Small writes (journal mode) go to newly allocated blocks, written
     /// with the batch that maps them, instead of into the journal and home
-    /// later: written once (see the store README, *Logged small writes*).
+    /// later: written once (see the store README, *Small writes: logged*).
     /// The cleaner puts the scattered layout back in order while idle.
     /// Only with `relocate_home` (the cleaner moves blocks by relocation).
     /// Default true; false journals them (then in place or relocated, as

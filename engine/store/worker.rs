@@ -484,7 +484,6 @@ impl Worker {
         (self.sh.opts.max_batch_bytes / BS).clamp(16, self.jblocks() / 2)
     }
 
-    /// Device-0 byte offset of journal position `lpos`.
     /// Quarantined blocks that make the committer take a checkpoint (which
     /// releases them): `quarantine_max`, or a quarter of the free blocks
     /// shared among the workers if that is less, so that space freed by
@@ -497,6 +496,7 @@ impl Worker {
         (self.sh.opts.quarantine_max / BS).min(share.max(SEGMENT_BLOCKS))
     }
 
+    /// Device-0 byte offset of journal position `lpos`.
     fn jphys(&self, lpos: u64) -> u64 {
         (self.sh.sb.journal_of(self.id) + lpos % self.jblocks()) * BS
     }
@@ -772,8 +772,8 @@ impl Worker {
     /// Writes a small write to newly allocated blocks as part of the next
     /// batch: the committer writes the data there and the `Map` records to
     /// the journal together, and one flush covers both. The data is written
-    /// once, and a batch of concurrent small writes lands in one run of
-    /// neighbouring blocks. Recovery checks the last batch's mapped blocks
+    /// once, and a batch of concurrent small writes lands in few runs of
+    /// neighbouring blocks (`Allocator::alloc_log`). Recovery checks the last batch's mapped blocks
     /// against their crcs, so a batch whose data did not reach the device
     /// is dropped whole. Journaled instead (in place) when less than an
     /// eighth of the store is free: copy-on-write frees the old blocks only
