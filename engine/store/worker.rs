@@ -398,6 +398,9 @@ struct WState {
     ckpt_seq: u64,
     ckpt_waiters: Vec<Arc<Completion>>,
     ckpt_job: Option<CkptJob>,
+    /// The committer has returned: no checkpoint job can appear any more,
+    /// so the checkpointer may return too.
+    committer_done: bool,
     failed: Option<String>,
     stop: bool,
     stopped: usize,
@@ -455,6 +458,7 @@ impl Worker {
                 ckpt_seq: init.ckpt_seq,
                 ckpt_waiters: Vec::new(),
                 ckpt_job: None,
+                committer_done: false,
                 failed: None,
                 stop: false,
                 stopped: 0,
@@ -1137,7 +1141,18 @@ impl Worker {
 
     // ----- the committer -----------------------------------------------------
 
+    /// The committer coroutine; the checkpointer outlives it, because the
+    /// committer may cut a checkpoint job until the moment it returns (a
+    /// stopping worker's last batches can still fill the quarantine or the
+    /// journal).
     fn committer(self: &Arc<Self>) {
+        self.commit_loop();
+        self.st().committer_done = true;
+        self.ckpt_ev.set();
+        self.home_ev.set();
+    }
+
+    fn commit_loop(self: &Arc<Self>) {
         let max_batch = self.max_batch_blocks();
         loop {
             self.commit_ev.reset();
@@ -1761,8 +1776,13 @@ impl Worker {
             let mut picked: Vec<HomeWrite> = Vec::new();
             {
                 let mut st = self.st();
+                // It outlives the committer, whose last batches may still
+                // queue blocks to write home.
                 if st.failed.is_some()
-                    || (st.stop && st.home_queue.is_empty() && st.home_inflight == 0)
+                    || (st.stop
+                        && st.committer_done
+                        && st.home_queue.is_empty()
+                        && st.home_inflight == 0)
                 {
                     return;
                 }
@@ -1815,7 +1835,7 @@ impl Worker {
                 if st.home_queue.is_empty() && deferred.is_empty() {
                     st.home_draining = false;
                 }
-                if st.stop {
+                if st.stop && st.committer_done {
                     continue; // stale entries were all that was left: re-check the exit
                 }
                 drop(st);
@@ -1997,7 +2017,7 @@ impl Worker {
                 match &st.ckpt_job {
                     Some(j) => (j.journal_lpos, j.image.clone()),
                     None => {
-                        if st.stop {
+                        if st.stop && st.committer_done {
                             return;
                         }
                         drop(st);
