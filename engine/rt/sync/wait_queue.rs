@@ -3,7 +3,7 @@
 //! itself out, and pass on a wake it received but did not use.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::Waker;
 
@@ -46,6 +46,14 @@ impl WaitQueue {
         q.queue.push_back((t, w.clone()));
         self.len.store(q.queue.len(), Ordering::Release);
         *ticket = Some(t);
+        drop(q);
+        // Pairs with the fence in `wake_*`. A waiter registers and then
+        // checks its condition; a waker changes the condition and then looks
+        // at `len`. Without a total order between the two, the waiter can
+        // miss the new condition while the waker still reads `len == 0`,
+        // and the wake-up is lost (a store followed by a load of another
+        // location may be reordered, even on x86).
+        fence(Ordering::SeqCst);
     }
 
     /// Takes the waiter out; returns `true` if it was still queued (not woken).
@@ -63,6 +71,7 @@ impl WaitQueue {
     }
 
     pub(crate) fn wake_one(&self) -> bool {
+        fence(Ordering::SeqCst); // see `register`
         if self.len.load(Ordering::Acquire) == 0 {
             return false;
         }
@@ -82,6 +91,7 @@ impl WaitQueue {
     }
 
     pub(crate) fn wake_all(&self) {
+        fence(Ordering::SeqCst); // see `register`
         if self.len.load(Ordering::Acquire) == 0 {
             return;
         }
