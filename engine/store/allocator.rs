@@ -28,7 +28,15 @@ struct DeviceSpace {
     seg_used: Vec<u32>,
     /// Whole segments with no block in use.
     empty_segs: u64,
+    /// Segments `alloc_log` fills next once none is empty, most free first:
+    /// picked by one scan of the counts, `LOG_CANDIDATES` at a time, so that
+    /// a large device is not scanned every time a segment is used up. A hint
+    /// only: each is checked for free blocks when its turn comes.
+    log_candidates: Vec<u64>,
 }
+
+/// Segments `alloc_log` picks per scan of the segment counts.
+const LOG_CANDIDATES: usize = 32;
 
 impl DeviceSpace {
     fn is_used(&self, i: u64) -> bool {
@@ -107,6 +115,7 @@ impl Allocator {
                     // At least one entry, as the bitmap has at least one word.
                     seg_used: vec![0; blocks.div_ceil(SEGMENT_BLOCKS).max(1) as usize],
                     empty_segs: blocks / SEGMENT_BLOCKS,
+                    log_candidates: Vec::new(),
                 })
                 .collect(),
         }
@@ -387,18 +396,36 @@ impl DeviceSpace {
     }
 
     /// Where logged writes go on once the log head's segment is used up:
-    /// an empty segment, or else the start of the segment (the short last
-    /// one included) with the most free blocks. `None` if none has a free
-    /// block.
-    fn log_segment(&self) -> Option<u64> {
+    /// an empty segment, or else the start of a segment (the short last
+    /// one included) with the most free blocks, taken from the candidates
+    /// of the last scan while they last. `None` if no block is free.
+    fn log_segment(&mut self) -> Option<u64> {
         if let Some(i) = self.find_empty_segment() {
             return Some(i);
         }
-        (0..self.seg_used.len())
-            .map(|g| (g, self.seg_free(g as u64 * SEGMENT_BLOCKS)))
-            .filter(|&(_, free)| free > 0)
-            .max_by_key(|&(g, free)| (free, std::cmp::Reverse(g)))
-            .map(|(g, _)| g as u64 * SEGMENT_BLOCKS)
+        for refill in [false, true] {
+            if refill {
+                let mut all: Vec<(u64, u64)> = (0..self.seg_used.len() as u64)
+                    .map(|g| (self.seg_free(g * SEGMENT_BLOCKS), g))
+                    .filter(|&(free, _)| free > 0)
+                    .collect();
+                // Most free first, then the lower address.
+                let order = |a: &(u64, u64), b: &(u64, u64)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+                if all.len() > LOG_CANDIDATES {
+                    all.select_nth_unstable_by(LOG_CANDIDATES, order);
+                    all.truncate(LOG_CANDIDATES);
+                }
+                all.sort_unstable_by(order);
+                // Popped from the back.
+                self.log_candidates = all.into_iter().rev().map(|(_, g)| g).collect();
+            }
+            while let Some(g) = self.log_candidates.pop() {
+                if self.seg_free(g * SEGMENT_BLOCKS) > 0 {
+                    return Some(g * SEGMENT_BLOCKS);
+                }
+            }
+        }
+        None
     }
 
     /// Free blocks in the segment holding block `i`.
@@ -571,6 +598,29 @@ mod tests {
         assert_eq!(a.alloc_log(255).map(|r| r.len()), Some(254 + 1));
         assert_eq!(a.free_blocks(), 0);
         assert_eq!(a.alloc_log(1), None);
+    }
+
+    #[test]
+    fn alloc_log_takes_segments_most_free_first_across_candidate_scans() {
+        // More segments than one scan picks: segment g has g + 1 free blocks
+        // (its first ones), in a shuffled order of g.
+        let seg = SEGMENT_BLOCKS;
+        let n = LOG_CANDIDATES as u64 + 8;
+        let mut a = Allocator::new(&[(0, n * seg)]);
+        assert!(a.alloc(n * seg).is_some());
+        for g in (0..n).map(|k| (k * 7) % n) {
+            (0..=g).for_each(|b| a.free(Pba::new(0, g * seg + b)));
+        }
+        // Whole segments at a time: the log moves to the next segment only
+        // when the current one is full.
+        let mut order = Vec::new();
+        for g in (0..n).rev() {
+            let runs = a.alloc_log(g + 1).unwrap();
+            assert_eq!(runs.len(), 1, "segment {g}'s free blocks are one run");
+            order.push(runs[0].0.block() / seg);
+        }
+        assert_eq!(order, (0..n).rev().collect::<Vec<_>>());
+        assert_eq!(a.free_blocks(), 0);
     }
 
     #[test]
