@@ -297,14 +297,8 @@ impl Allocator {
             let mut i = h;
             while i < seg_end && left > 0 {
                 if !dev.is_used(i) {
-                    dev.set(i, true);
-                    dev.free -= 1;
+                    dev.take(d, i, &mut runs);
                     left -= 1;
-                    let p = Pba::new(d, dev.start + i);
-                    match runs.last_mut() {
-                        Some((q, k)) if q.plus(*k) == p => *k += 1,
-                        _ => runs.push((p, 1)),
-                    }
                 }
                 i += 1;
             }
@@ -340,14 +334,8 @@ impl Allocator {
                 if dev.is_used(i) {
                     continue;
                 }
-                dev.set(i, true);
-                dev.free -= 1;
+                dev.take(d, i, &mut runs);
                 left -= 1;
-                let p = Pba::new(d, dev.start + i);
-                match runs.last_mut() {
-                    Some((q, k)) if q.plus(*k) == p => *k += 1,
-                    _ => runs.push((p, 1)),
-                }
             }
         }
         (left == 0).then_some(runs)
@@ -426,6 +414,18 @@ impl DeviceSpace {
             }
         }
         None
+    }
+
+    /// Marks free block `i` (of device `d`) used and appends it to `runs`,
+    /// extending the last run if it is that run's next block.
+    fn take(&mut self, d: usize, i: u64, runs: &mut Vec<(Pba, u64)>) {
+        self.set(i, true);
+        self.free -= 1;
+        let p = Pba::new(d, self.start + i);
+        match runs.last_mut() {
+            Some((q, k)) if q.plus(*k) == p => *k += 1,
+            _ => runs.push((p, 1)),
+        }
     }
 
     /// Free blocks in the segment holding block `i`.
