@@ -257,6 +257,42 @@ impl Shared {
         Ok(())
     }
 
+    /// Device requests that write `blocks` (in the order given), grouped by
+    /// device: one request per run of blocks that are neighbours on the
+    /// device, at most `REQUEST_BLOCKS` long.
+    fn block_writes<'a>(
+        &self,
+        blocks: impl IntoIterator<Item = (Pba, &'a Arc<DmaBuf>)>,
+    ) -> Vec<Vec<IoOp>> {
+        let mut per_dev: Vec<Vec<IoOp>> = (0..self.devices.len()).map(|_| Vec::new()).collect();
+        let mut push = |start: Pba, bufs: Vec<Arc<DmaBuf>>| {
+            per_dev[start.device()].push(IoOp::Writev {
+                fua: false,
+                offset: start.block() * BS,
+                bufs,
+            })
+        };
+        let mut run: Option<(Pba, Vec<Arc<DmaBuf>>)> = None;
+        for (p, buf) in blocks {
+            match &mut run {
+                Some((start, bufs))
+                    if start.plus(bufs.len() as u64) == p && bufs.len() < REQUEST_BLOCKS =>
+                {
+                    bufs.push(buf.clone())
+                }
+                _ => {
+                    if let Some((start, bufs)) = run.replace((p, vec![buf.clone()])) {
+                        push(start, bufs);
+                    }
+                }
+            }
+        }
+        if let Some((start, bufs)) = run {
+            push(start, bufs);
+        }
+        per_dev
+    }
+
     /// Frees never-referenced blocks (a failed or abandoned allocation).
     fn free_runs(&self, runs: &[(Pba, u64)]) {
         let mut a = self.alloc();
@@ -1705,24 +1741,9 @@ impl Worker {
         lpos: u64,
         skip_at: Option<u64>,
     ) -> Result<(), StoreError> {
-        // Logged data: one request per run of neighbouring blocks. Device 0's
-        // go out with the journal write; other devices' first.
-        let mut per_dev: Vec<Vec<IoOp>> = (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
-        let mut i = 0;
-        while i < log.len() {
-            let start = log[i].0;
-            let mut j = i + 1;
-            while j < log.len() && log[j].0 == start.plus((j - i) as u64) && j - i < REQUEST_BLOCKS
-            {
-                j += 1;
-            }
-            per_dev[start.device()].push(IoOp::Writev {
-                fua: false,
-                offset: start.block() * BS,
-                bufs: log[i..j].iter().map(|(_, b)| b.clone()).collect(),
-            });
-            i = j;
-        }
+        // Logged data: device 0's go out with the journal write; other
+        // devices' first.
+        let mut per_dev = self.sh.block_writes(log.iter().map(|(p, b)| (*p, b)));
         let mut ops = std::mem::take(&mut per_dev[0]);
         for (d, dops) in per_dev.into_iter().enumerate().skip(1) {
             if !dops.is_empty() {
@@ -1958,28 +1979,9 @@ impl Worker {
     fn write_in_place(&self, picked: &mut [HomeWrite]) -> Result<(), StoreError> {
         picked.sort_by_key(|h| h.home);
         // Moved blocks (the cleaner's) are home already.
-        let picked: Vec<&HomeWrite> = picked.iter().filter(|h| !h.moved).collect();
-        let mut per_dev: Vec<Vec<IoOp>> = (0..self.sh.devices.len()).map(|_| Vec::new()).collect();
-        let mut i = 0;
-        while i < picked.len() {
-            // Merge blocks that are consecutive on the device.
-            let start = picked[i].home;
-            let mut bufs = vec![picked[i].buf.clone()];
-            let mut j = i + 1;
-            while j < picked.len()
-                && picked[j].home == start.plus((j - i) as u64)
-                && bufs.len() < REQUEST_BLOCKS
-            {
-                bufs.push(picked[j].buf.clone());
-                j += 1;
-            }
-            per_dev[start.device()].push(IoOp::Writev {
-                fua: false,
-                offset: start.block() * BS,
-                bufs,
-            });
-            i = j;
-        }
+        let per_dev = self
+            .sh
+            .block_writes(picked.iter().filter(|h| !h.moved).map(|h| (h.home, &h.buf)));
         let mut result = Ok(());
         for (d, ops) in per_dev.into_iter().enumerate() {
             if !ops.is_empty() {
