@@ -1620,6 +1620,7 @@ impl Worker {
                 .extend(op.done.into_iter().map(|c| (c, e.clone())));
             return;
         }
+        let mut bufs = bufs.into_iter();
         let mut i = 0usize;
         for (p, n) in runs {
             let r = Record::Map {
@@ -1635,7 +1636,7 @@ impl Worker {
                 let key = (id, lblock + i as u64 + k);
                 let version = st.next_version;
                 st.next_version += 1;
-                let buf = bufs[i + k as usize].clone();
+                let buf = bufs.next().expect("one buffer per block of the runs");
                 let inflight = st.cache.get(&key).is_some_and(|d| d.inflight);
                 st.cache.insert(
                     key,
