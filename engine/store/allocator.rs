@@ -391,29 +391,37 @@ impl DeviceSpace {
         if let Some(i) = self.find_empty_segment() {
             return Some(i);
         }
-        for refill in [false, true] {
-            if refill {
-                let mut all: Vec<(u64, u64)> = (0..self.seg_used.len() as u64)
-                    .map(|g| (self.seg_free(g * SEGMENT_BLOCKS), g))
-                    .filter(|&(free, _)| free > 0)
-                    .collect();
-                // Most free first, then the lower address.
-                let order = |a: &(u64, u64), b: &(u64, u64)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
-                if all.len() > LOG_CANDIDATES {
-                    all.select_nth_unstable_by(LOG_CANDIDATES, order);
-                    all.truncate(LOG_CANDIDATES);
-                }
-                all.sort_unstable_by(order);
-                // Popped from the back.
-                self.log_candidates = all.into_iter().rev().map(|(_, g)| g).collect();
-            }
-            while let Some(g) = self.log_candidates.pop() {
-                if self.seg_free(g * SEGMENT_BLOCKS) > 0 {
-                    return Some(g * SEGMENT_BLOCKS);
-                }
+        if let Some(i) = self.next_log_candidate() {
+            return Some(i);
+        }
+        self.scan_log_candidates();
+        self.next_log_candidate()
+    }
+
+    /// The first block of the next candidate that still has a free block.
+    fn next_log_candidate(&mut self) -> Option<u64> {
+        while let Some(g) = self.log_candidates.pop() {
+            if self.seg_free(g * SEGMENT_BLOCKS) > 0 {
+                return Some(g * SEGMENT_BLOCKS);
             }
         }
         None
+    }
+
+    /// Picks the `LOG_CANDIDATES` segments with the most free blocks (the
+    /// lower address first among equals), to be popped in that order.
+    fn scan_log_candidates(&mut self) {
+        let mut all: Vec<(u64, u64)> = (0..self.seg_used.len() as u64)
+            .map(|g| (self.seg_free(g * SEGMENT_BLOCKS), g))
+            .filter(|&(free, _)| free > 0)
+            .collect();
+        let order = |a: &(u64, u64), b: &(u64, u64)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+        if all.len() > LOG_CANDIDATES {
+            all.select_nth_unstable_by(LOG_CANDIDATES, order);
+            all.truncate(LOG_CANDIDATES);
+        }
+        all.sort_unstable_by(order);
+        self.log_candidates = all.into_iter().rev().map(|(_, g)| g).collect();
     }
 
     /// Marks free block `i` (of device `d`) used and appends it to `runs`,
