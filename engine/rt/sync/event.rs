@@ -103,45 +103,41 @@ impl Drop for Wait<'_> {
 mod tests {
     use super::Event;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// Two threads hand a turn back and forth through two events, as fast
-    /// as they can. A wake-up lost between `set` and a waiter registering
-    /// (the setter's flag store not yet visible when the waiter checks it,
-    /// and the waiter's registration not yet visible when the setter looks
-    /// for waiters) leaves both threads parked for good; the watchdog then
-    /// fails the test. Bounded in hand-offs and in time.
+    /// as they can, a fixed number of times. A wake-up lost between `set`
+    /// and a waiter registering (the setter's flag store not yet visible
+    /// when the waiter checks it, and the waiter's registration not yet
+    /// visible when the setter looks for waiters) leaves both threads parked
+    /// for good; the watchdog then fails the test.
     #[test]
     fn no_wake_up_is_lost_between_threads() {
+        const ROUNDS: u64 = 50_000;
         let (ping, pong) = (Arc::new(Event::new()), Arc::new(Event::new()));
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let (a, b) = (ping.clone(), pong.clone());
-        let until = Instant::now() + Duration::from_secs(2);
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while n < 2_000_000 && Instant::now() < until {
+        let first = std::thread::spawn(move || {
+            for _ in 0..ROUNDS {
                 a.wait();
                 a.reset();
                 b.set();
-                n += 1;
             }
-            // Let the other side finish its last round.
-            b.set();
-            let _ = done_tx.send(n);
+            let _ = done_tx.send(());
         });
-        let (a, b) = (ping, pong);
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            while stop_rx.try_recv().is_err() {
-                a.set();
-                b.wait();
-                b.reset();
+        // Strict alternation: each side resets its event before it lets the
+        // other side set it again.
+        let second = std::thread::spawn(move || {
+            for _ in 0..ROUNDS {
+                ping.set();
+                pong.wait();
+                pong.reset();
             }
         });
-        let n = done_rx
-            .recv_timeout(Duration::from_secs(20))
+        done_rx
+            .recv_timeout(Duration::from_secs(60))
             .expect("a wake-up was lost: both threads are parked");
-        let _ = stop_tx.send(());
-        assert!(n > 0);
+        first.join().unwrap();
+        second.join().unwrap();
     }
 }
