@@ -252,26 +252,8 @@ fn a_volume_deleted_through_one_node_loses_its_exports_on_another() {
     b.rpc_ok("volume_export", json!({"name": "kept"}));
     // A subsystem made with SPDK's methods, exporting both volumes.
     let custom = "nqn.2016-06.io.spdk:both";
-    b.rpc_ok(
-        "nvmf_create_subsystem",
-        json!({"nqn": custom, "allow_any_host": true}),
-    );
-    for bdev in ["gone", "kept"] {
-        b.rpc_ok(
-            "nvmf_subsystem_add_ns",
-            json!({"nqn": custom, "namespace": {"bdev_name": bdev}}),
-        );
-    }
-    let custom_bdevs = || -> Vec<String> {
-        let subs = b.rpc_ok("nvmf_get_subsystems", Value::Null);
-        subs.as_array()
-            .and_then(|a| a.iter().find(|s| s["nqn"] == custom))
-            .and_then(|s| s["namespaces"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .map(|ns| ns["bdev_name"].as_str().unwrap_or_default().to_string())
-            .collect()
-    };
+    b.nvmf_subsystem_with(custom, &["gone", "kept"]);
+    let custom_bdevs = || b.subsystem_bdevs(custom).unwrap_or_default();
     assert_eq!(custom_bdevs(), ["gone", "kept"]);
     let nbd_volumes = || b.listed("nbd_export_list", "volume");
     assert!(nbd_volumes().contains(&"gone".to_string()));

@@ -322,16 +322,7 @@ fn clear_errors_for_bad_requests() {
         json!({"name": "w", "pool": "p", "size": 8 * MIB}),
     );
     let custom = "nqn.2016-06.io.spdk:custom";
-    n.rpc_ok(
-        "nvmf_create_subsystem",
-        json!({"nqn": custom, "allow_any_host": true}),
-    );
-    for bdev in ["v", "w"] {
-        n.rpc_ok(
-            "nvmf_subsystem_add_ns",
-            json!({"nqn": custom, "namespace": {"bdev_name": bdev}}),
-        );
-    }
+    n.nvmf_subsystem_with(custom, &["v", "w"]);
     let node = |name: &str, luns: &[&str]| {
         json!({
             "name": name, "alias_name": name, "queue_depth": 16,
@@ -344,20 +335,8 @@ fn clear_errors_for_bad_requests() {
     n.rpc_ok("iscsi_create_target_node", node("only-v", &["v"]));
     n.rpc_ok("iscsi_create_target_node", node("v-and-w", &["v", "w"]));
     let custom_bdevs = |n: &common::Node| -> Vec<String> {
-        let subs = n.rpc_ok("nvmf_get_subsystems", Value::Null);
-        let sub = subs
-            .as_array()
-            .and_then(|a| a.iter().find(|s| s["nqn"] == custom))
-            .unwrap_or_else(|| panic!("{custom} not listed: {subs}"))
-            .clone();
-        sub["namespaces"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|ns| ns["bdev_name"].as_str().unwrap_or_default().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
+        n.subsystem_bdevs(custom)
+            .unwrap_or_else(|| panic!("{custom} not listed"))
     };
     let named = |n: &common::Node, tail: &str| targets(n).iter().any(|t| t.ends_with(tail));
     assert_eq!(custom_bdevs(n), ["v", "w"]);

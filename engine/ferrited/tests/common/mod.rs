@@ -169,6 +169,38 @@ impl Node {
             .map(|x| x[key].as_str().unwrap().to_string())
             .collect()
     }
+
+    /// Makes NVMe/TCP subsystem `nqn` with SPDK's methods and adds a
+    /// namespace for each of `bdevs`.
+    pub fn nvmf_subsystem_with(&self, nqn: &str, bdevs: &[&str]) {
+        self.rpc_ok(
+            "nvmf_create_subsystem",
+            json!({"nqn": nqn, "allow_any_host": true}),
+        );
+        for bdev in bdevs {
+            self.rpc_ok(
+                "nvmf_subsystem_add_ns",
+                json!({"nqn": nqn, "namespace": {"bdev_name": bdev}}),
+            );
+        }
+    }
+
+    /// The bdev names of subsystem `nqn`'s namespaces; `None` if it is not
+    /// listed.
+    pub fn subsystem_bdevs(&self, nqn: &str) -> Option<Vec<String>> {
+        let subs = self.rpc_ok("nvmf_get_subsystems", Value::Null);
+        let sub = subs.as_array()?.iter().find(|s| s["nqn"] == nqn)?;
+        Some(
+            sub["namespaces"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|ns| ns["bdev_name"].as_str().unwrap_or_default().to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
 }
 
 pub fn rpc_call(sock: &Path, method: &str, params: Value) -> Result<Value, (i64, String)> {
