@@ -10,6 +10,7 @@ use ferrite_engine::store::superblock::{Superblock, FORMAT_VERSION};
 use ferrite_engine::store::{ChunkStore, StoreError, StoreOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 const K4: usize = 4096;
 
@@ -298,6 +299,25 @@ fn a_store_spans_several_devices() {
 /// that block fails its checksum instead of returning the bytes.
 /// Simulated on a copy of the device taken after three one-block batches
 /// (before anything went home), with one batch's journal copy damaged.
+/// One worker and no cleaner, small writes journaled or logged.
+fn one_worker(log_small_writes: bool) -> StoreOptions {
+    StoreOptions {
+        workers: 1,
+        clean_idle: None,
+        log_small_writes,
+        ..opts()
+    }
+}
+
+/// A 32 MiB file formatted with `o`, and the store open on it (one reactor).
+fn fresh_store(tag: &str, o: &StoreOptions) -> (TempFiles, Runtime, Arc<ChunkStore>) {
+    let files = temp_files(tag, &[32 << 20]);
+    ChunkStore::format(&files.0, o).unwrap();
+    let runtime = Runtime::new(Config::for_tests(1)).unwrap();
+    let store = ChunkStore::open(&files.0, o, &runtime.handle()).unwrap();
+    (files, runtime, store)
+}
+
 #[test]
 fn a_torn_last_journal_batch_is_dropped_and_older_damage_fails_its_read() {
     // Small writes journaled, or logged: written once to new blocks with
@@ -309,16 +329,8 @@ fn a_torn_last_journal_batch_is_dropped_and_older_damage_fails_its_read() {
 }
 
 fn torn_last_batch(log_small_writes: bool) {
-    let o = StoreOptions {
-        workers: 1,
-        clean_idle: None,
-        log_small_writes,
-        ..opts()
-    };
-    let files = temp_files(&format!("torn-{log_small_writes}"), &[32 << 20]);
-    ChunkStore::format(&files.0, &o).unwrap();
-    let runtime = Runtime::new(Config::for_tests(1)).unwrap();
-    let store = ChunkStore::open(&files.0, &o, &runtime.handle()).unwrap();
+    let o = one_worker(log_small_writes);
+    let (files, runtime, store) = fresh_store(&format!("torn-{log_small_writes}"), &o);
     store.create_extent(5, 1 << 20).unwrap();
     let old: Vec<Vec<u8>> = (0..3).map(|i| pattern(40 + i, K4)).collect();
     let new: Vec<Vec<u8>> = (0..3).map(|i| pattern(80 + i, K4)).collect();
@@ -394,16 +406,8 @@ fn a_write_rejected_inside_a_batch_leaves_no_gap_in_the_journal() {
 }
 
 fn rejected_write_in_a_batch(log_small_writes: bool) {
-    let o = StoreOptions {
-        workers: 1,
-        clean_idle: None,
-        log_small_writes,
-        ..opts()
-    };
-    let files = temp_files(&format!("reject-{log_small_writes}"), &[32 << 20]);
-    ChunkStore::format(&files.0, &o).unwrap();
-    let runtime = Runtime::new(Config::for_tests(1)).unwrap();
-    let store = ChunkStore::open(&files.0, &o, &runtime.handle()).unwrap();
+    let o = one_worker(log_small_writes);
+    let (files, runtime, store) = fresh_store(&format!("reject-{log_small_writes}"), &o);
     const KEEPER: u64 = 2;
     store.create_extent(KEEPER, 1 << 20).unwrap();
     let data = |round: u64| pattern(round as u8, K4);
