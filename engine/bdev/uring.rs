@@ -50,6 +50,12 @@ const CQ_ENTRIES: u32 = 1024;
 /// 59-64k to 69-78k IOPS (four A/B runs each), for one system call per 4
 /// requests instead of one per round.
 const SUBMIT_BATCH: u32 = 4;
+/// Queued bytes that are handed to the kernel at once, however few the
+/// requests: a large write waits for the end of the round otherwise, while
+/// the other coroutines of the round run. A writer that streams its data
+/// in pieces (the store's held sequential writes, one 1 MiB piece at a
+/// time) needs each piece on the device while the next is being filled.
+const SUBMIT_BYTES: u64 = 256 << 10;
 
 /// A file or block device driven through io_uring.
 pub struct UringDevice {
@@ -279,8 +285,9 @@ struct Ring {
     uring: RefCell<IoUring>,
     efd: EventFd,
     slots: RefCell<slab::Slab<Slot>>,
-    /// SQEs pushed since the last submit.
+    /// SQEs pushed since the last submit, and the bytes they transfer.
     unsubmitted: Cell<u32>,
+    unsubmitted_bytes: Cell<u64>,
     inflight: Cell<u32>,
     /// Completions were reaped since the eventfd was last drained.
     dirty: Cell<bool>,
@@ -348,6 +355,7 @@ impl Ring {
             efd,
             slots: RefCell::new(slab::Slab::with_capacity(CQ_ENTRIES as usize)),
             unsubmitted: Cell::new(0),
+            unsubmitted_bytes: Cell::new(0),
             inflight: Cell::new(0),
             dirty: Cell::new(false),
             fixed,
@@ -474,24 +482,31 @@ impl Ring {
             if let Err(e) = u.submit() {
                 log::warn!("bdev-uring: submit with a full queue failed: {e}");
             }
-            self.unsubmitted.set(0);
+            self.mark_submitted();
         }
         self.inflight.set(self.inflight.get() + 1);
         self.unsubmitted.set(self.unsubmitted.get() + 1);
+        self.unsubmitted_bytes
+            .set(self.unsubmitted_bytes.get() + expect);
+    }
+
+    fn mark_submitted(&self) {
+        self.unsubmitted.set(0);
+        self.unsubmitted_bytes.set(0);
     }
 
     /// Hands the queued requests to the kernel now if there are
-    /// `SUBMIT_BATCH` of them; otherwise the poller does at the end of the
-    /// round. Called after a caller's whole group is queued, so that one
+    /// `SUBMIT_BATCH` of them or `SUBMIT_BYTES`; otherwise the poller does
+    /// at the end of the round. Called after a caller's whole group is queued, so that one
     /// caller's requests (a fragmented read) still go out together.
     fn submit_if_batched(&self) {
-        if self.unsubmitted.get() < SUBMIT_BATCH {
+        if self.unsubmitted.get() < SUBMIT_BATCH && self.unsubmitted_bytes.get() < SUBMIT_BYTES {
             return;
         }
         // A failure leaves the count: the poller submits them again and
         // reports what is wrong.
         if self.uring.borrow_mut().submit().is_ok() {
-            self.unsubmitted.set(0);
+            self.mark_submitted();
         }
     }
 
@@ -503,7 +518,7 @@ impl Ring {
             let mut u = self.uring.borrow_mut();
             if self.unsubmitted.get() > 0 {
                 match u.submit() {
-                    Ok(_) => self.unsubmitted.set(0),
+                    Ok(_) => self.mark_submitted(),
                     Err(e)
                         if matches!(
                             e.raw_os_error(),
@@ -511,7 +526,7 @@ impl Ring {
                         ) => {}
                     Err(e) => {
                         log::error!("bdev-uring: io_uring_enter failed: {e}");
-                        self.unsubmitted.set(0);
+                        self.mark_submitted();
                     }
                 }
                 work = true;
