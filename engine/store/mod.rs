@@ -79,6 +79,12 @@ pub struct StoreOptions {
     pub merge_max: u64,
     /// How long a stream's writes may be held (default 200 µs).
     pub hold_timeout: Duration,
+    /// While a held stream fills, each piece of this size goes to newly
+    /// allocated blocks at once, so that the device writes the first
+    /// writes' data while the later writers are still copying theirs in;
+    /// the stream is still committed with one mapping when it is written
+    /// (default 1 MiB; 0 writes the stream only when it is complete).
+    pub stream_piece: u64,
     /// Largest journal batch (default 4 MiB).
     pub max_batch_bytes: u64,
     /// Quarantined (freed, not yet reusable) bytes per worker that trigger
@@ -120,6 +126,7 @@ impl Default for StoreOptions {
             direct_write_min: 64 << 10,
             merge_max: 4 << 20,
             hold_timeout: Duration::from_micros(200),
+            stream_piece: 1 << 20,
             max_batch_bytes: 4 << 20,
             quarantine_max: 1 << 30,
             relocate_home: true,
@@ -168,6 +175,9 @@ pub struct StoreStats {
     /// writes they were merged into.
     pub held_writes: u64,
     pub merged_writes: u64,
+    /// Pieces of held streams written while the streams still filled
+    /// (`stream_piece`).
+    pub stream_pieces: u64,
     /// Journaled blocks written home to new blocks instead of in place.
     pub relocated_blocks: u64,
     /// Blocks of small writes written once to new blocks with their batch
@@ -582,6 +592,7 @@ impl ChunkStore {
             checkpoints: AtomicU64::new(0),
             held_writes: AtomicU64::new(0),
             merged_writes: AtomicU64::new(0),
+            stream_pieces: AtomicU64::new(0),
             relocated_blocks: AtomicU64::new(0),
             cleaned_blocks: AtomicU64::new(0),
             workers: OnceLock::new(),
@@ -836,6 +847,7 @@ impl ChunkStore {
             checkpoints: l(&sh.checkpoints),
             held_writes: l(&sh.held_writes),
             merged_writes: l(&sh.merged_writes),
+            stream_pieces: l(&sh.stream_pieces),
             relocated_blocks: l(&sh.relocated_blocks),
             logged_blocks: l(&sh.logged_blocks),
             cleaned_blocks: l(&sh.cleaned_blocks),

@@ -11,7 +11,7 @@
 //! that merged write and its record are durable: holding delays the ack,
 //! it never acknowledges early.
 
-use super::worker::Completion;
+use super::worker::{Completion, Piece};
 use crate::bdev::DmaBuf;
 use std::sync::Arc;
 
@@ -77,6 +77,11 @@ pub(crate) struct Stream {
     pub(crate) bufs: Vec<Arc<DmaBuf>>,
     pub(crate) crcs: Vec<u32>,
     pub(crate) waiters: Vec<Arc<Completion>>,
+    /// The leading blocks already on their way to the device, as pieces
+    /// written while the stream still fills (in order), and how many
+    /// blocks they cover.
+    pub(crate) pieces: Vec<Arc<Piece>>,
+    pub(crate) sent: usize,
 }
 
 impl Stream {

@@ -78,6 +78,7 @@ pub(crate) struct Shared {
     pub checkpoints: AtomicU64,
     /// Writes held in a stream buffer, and the merged writes they became.
     pub held_writes: AtomicU64,
+    pub stream_pieces: AtomicU64,
     pub merged_writes: AtomicU64,
     /// Journaled blocks whose home write went to new, contiguous blocks.
     pub relocated_blocks: AtomicU64,
@@ -302,6 +303,45 @@ impl Shared {
             }
         }
     }
+}
+
+/// A leading piece of a held stream, written to newly allocated blocks
+/// while the stream still fills: the blocks it went to, once written.
+#[derive(Default)]
+pub(crate) struct Piece {
+    ev: Event,
+    res: Mutex<Option<PieceResult>>,
+}
+
+/// A piece's blocks, as runs `(first block, count)` in data order.
+type PieceResult = Result<Vec<(Pba, u64)>, StoreError>;
+
+impl Piece {
+    fn complete(&self, r: PieceResult) {
+        *self.res.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        self.ev.set();
+    }
+
+    fn wait(&self) -> PieceResult {
+        self.ev.wait();
+        self.res
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+/// Runs in order, neighbours on the device joined.
+fn merge_runs(runs: Vec<(Pba, u64)>) -> Vec<(Pba, u64)> {
+    let mut out: Vec<(Pba, u64)> = Vec::with_capacity(runs.len());
+    for (p, n) in runs {
+        match out.last_mut() {
+            Some((q, m)) if q.plus(*m) == p => *m += n,
+            _ => out.push((p, n)),
+        }
+    }
+    out
 }
 
 /// The outcome of an operation, for whoever waits on it.
@@ -889,7 +929,23 @@ impl Worker {
             Err(e) => return Err(e),
         };
         self.sh.write_runs(&runs, &bufs)?;
-        self.sh.direct_bytes.fetch_add(n * BS, Ordering::Relaxed);
+        self.map_written(id, lblock, runs, crcs, extra)
+    }
+
+    /// Commits the mapping of blocks written to the new blocks `runs`: one
+    /// `Map` record in the next batch. The committer completes `extra`
+    /// (held writes) with the same outcome.
+    fn map_written(
+        &self,
+        id: u64,
+        lblock: u64,
+        runs: Vec<(Pba, u64)>,
+        crcs: Vec<u32>,
+        extra: Vec<Arc<Completion>>,
+    ) -> Result<(), StoreError> {
+        self.sh
+            .direct_bytes
+            .fetch_add(crcs.len() as u64 * BS, Ordering::Relaxed);
         let c = Completion::new();
         let mut done = extra;
         done.push(c.clone());
@@ -910,7 +966,8 @@ impl Worker {
     ) -> Result<(), StoreError> {
         let c = Completion::new();
         let merge_blocks = (self.sh.opts.merge_max / BS).max(1);
-        let (flush_old, flush_full, arm) = {
+        let piece_blocks = (self.sh.opts.stream_piece / BS) as usize;
+        let (flush_old, flush_full, arm, piece) = {
             let mut st = self.st();
             let p = st.patterns.entry(id).or_default();
             let mut old = None;
@@ -925,6 +982,8 @@ impl Worker {
                     bufs: Vec::new(),
                     crcs: Vec::new(),
                     waiters: Vec::new(),
+                    pieces: Vec::new(),
+                    sent: 0,
                 });
                 arm = Some(p.next_gen);
             }
@@ -932,13 +991,27 @@ impl Worker {
             s.bufs.extend(bufs);
             s.crcs.extend(crcs);
             s.waiters.push(c.clone());
+            let mut piece = None;
             let full = if s.bufs.len() as u64 >= merge_blocks {
                 p.stream.take()
             } else {
+                // A full piece goes to the device now, while the writers
+                // behind this one are still copying their data in.
+                if piece_blocks > 0 && s.bufs.len() - s.sent >= piece_blocks {
+                    let pc = Arc::new(Piece::default());
+                    let end = s.sent + piece_blocks;
+                    piece = Some((pc.clone(), s.bufs[s.sent..end].to_vec()));
+                    s.pieces.push(pc);
+                    s.sent = end;
+                }
                 None
             };
-            (old, full, arm)
+            (old, full, arm, piece)
         };
+        if let Some((pc, bufs)) = piece {
+            self.sh.stream_pieces.fetch_add(1, Ordering::Relaxed);
+            self.write_piece(id, &pc, &bufs);
+        }
         if let Some(old) = flush_old {
             let w = self.clone();
             drop(rt::spawn(move || w.flush_stream(id, old)));
@@ -968,14 +1041,56 @@ impl Worker {
         c.wait()
     }
 
-    /// Writes a stream's held blocks as one direct write; every held write
-    /// completes with its outcome.
-    fn flush_stream(&self, id: u64, s: Stream) {
+    /// Writes a stream's held blocks (those not sent as pieces yet) and
+    /// commits them all with one mapping; every held write completes with
+    /// the outcome.
+    fn flush_stream(&self, id: u64, mut s: Stream) {
         self.sh.merged_writes.fetch_add(1, Ordering::Relaxed);
         self.sh
             .held_writes
             .fetch_add(s.waiters.len() as u64, Ordering::Relaxed);
-        let _ = self.direct_write(id, s.lblock, s.bufs, s.crcs, s.waiters);
+        if s.pieces.is_empty() {
+            let _ = self.direct_write(id, s.lblock, s.bufs, s.crcs, s.waiters);
+            return;
+        }
+        if s.sent < s.bufs.len() {
+            let pc = Arc::new(Piece::default());
+            self.write_piece(id, &pc, &s.bufs[s.sent..]);
+            s.pieces.push(pc);
+        }
+        let (mut runs, mut err): (Vec<(Pba, u64)>, Option<StoreError>) = (Vec::new(), None);
+        for pc in &s.pieces {
+            match pc.wait() {
+                Ok(r) => runs.extend(r),
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
+        }
+        match err {
+            None => {
+                let _ = self.map_written(id, s.lblock, merge_runs(runs), s.crcs, s.waiters);
+            }
+            Some(e) => {
+                // The pieces that were written are referenced by nothing.
+                self.sh.free_runs(&runs);
+                if matches!(e, StoreError::NoSpace { .. }) {
+                    // Whole, a full store may still take it (journaled).
+                    let _ = self.direct_write(id, s.lblock, s.bufs, s.crcs, s.waiters);
+                } else {
+                    s.waiters.iter().for_each(|c| c.complete(Err(e.clone())));
+                }
+            }
+        }
+    }
+
+    /// Writes `bufs` (a piece of a held stream) to newly allocated blocks;
+    /// `pc` gets the blocks, or the error.
+    fn write_piece(&self, id: u64, pc: &Piece, bufs: &[Arc<DmaBuf>]) {
+        let r = self
+            .allocate(id, bufs.len() as u64)
+            .and_then(|runs| self.sh.write_runs(&runs, bufs).map(|()| runs));
+        pc.complete(r);
     }
 
     /// Flushes every held stream (close).

@@ -12,8 +12,9 @@
 //!
 //! Three workloads run at once: small random writes (journaled), large
 //! writes and unmaps (direct), and sequential streams issued four at a time
-//! (held and merged). The journal is small, so checkpoints and journal wrap
-//! happen many times per cycle. The cycles take turns between three
+//! (held and merged, sent to the device in pieces while they fill). The
+//! journal is small, so checkpoints and journal wrap happen many times per
+//! cycle. The cycles take turns between three
 //! placements of small writes: journaled and written home in place,
 //! journaled and relocated home (`relocate_home`), and written once to new
 //! blocks with the batch that maps them (`log_small_writes`, the default).
@@ -66,6 +67,10 @@ fn opts(placement: Placement) -> StoreOptions {
         extent_size_max: EXT_BLOCKS * K4,
         backend: Backend::Uring,
         quarantine_max: 8 << 20,
+        // Two blocks: the held streams (four writes of 1-4 blocks) go to
+        // the device in pieces while they fill, so kills land between a
+        // stream's pieces and its mapping too.
+        stream_piece: 2 * K4,
         ..Default::default()
     }
 }
@@ -251,6 +256,7 @@ fn child(dir: &Path) {
                 log.line(format!("R {}", st.relocated_blocks));
                 log.line(format!("C {}", st.cleaned_blocks));
                 log.line(format!("L {}", st.logged_blocks));
+                log.line(format!("P {}", st.stream_pieces));
             }
         });
     }
@@ -442,6 +448,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
     let mut relocated = 0u64;
     let mut cleaned = 0u64;
     let mut logged = 0u64;
+    let mut pieces = 0u64;
     let n = cycles();
     for cycle in 0..n {
         std::fs::write(dir.join("next_seq"), next_seq.to_string()).unwrap();
@@ -483,6 +490,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
         let mut cycle_relocated = 0u64;
         let mut cycle_cleaned = 0u64;
         let mut cycle_logged = 0u64;
+        let mut cycle_pieces = 0u64;
         for l in &new_lines {
             if let Some(s) = l.strip_prefix("S ") {
                 let seq: u64 = s.split_whitespace().next().unwrap().parse().unwrap();
@@ -499,6 +507,9 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
             }
             if let Some(r) = l.strip_prefix("L ") {
                 cycle_logged = cycle_logged.max(r.parse().unwrap_or(0));
+            }
+            if let Some(r) = l.strip_prefix("P ") {
+                cycle_pieces = cycle_pieces.max(r.parse().unwrap_or(0));
             }
         }
         let runtime = Runtime::new(Config::for_tests(2)).unwrap();
@@ -519,6 +530,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
         relocated += cycle_relocated;
         cleaned += cycle_cleaned;
         logged += cycle_logged;
+        pieces += cycle_pieces;
         assert_eq!(store.stats().checksum_errors, 0);
         total_blocks += checked;
         total_torn += torn;
@@ -531,7 +543,7 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
         "crash test: {n} SIGKILL cycles ({early_kills} during open), {total_acks} acknowledged ops, \
          {total_blocks} blocks verified, {total_torn} in-flight writes checked for tearing, \
          at least {relocated} blocks relocated home, {cleaned} moved by the cleaner and \
-         {logged} small-write blocks logged before the kills"
+         {logged} small-write blocks logged and {pieces} stream pieces sent early before the kills"
     );
     assert!(total_acks > 0);
     assert!(
@@ -545,6 +557,10 @@ fn sigkill_cycles_lose_no_acknowledged_write() {
     assert!(
         cleaned > 0,
         "the cleaner must have moved blocks in some cycle"
+    );
+    assert!(
+        pieces > 0,
+        "held streams must have gone to the device in pieces"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

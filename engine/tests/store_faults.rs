@@ -134,6 +134,8 @@ fn full_device_fails_with_no_space_and_keeps_data() {
     let o = StoreOptions {
         backend: Backend::Malloc,
         quarantine_max: 1 << 20,
+        // Held streams go to the device in pieces of two blocks.
+        stream_piece: 2 * K4 as u64,
         ..opts()
     };
     ChunkStore::format(&devs, &o).unwrap();
@@ -175,6 +177,28 @@ fn full_device_fails_with_no_space_and_keeps_data() {
     assert_eq!(&b[K4..64 * K4], &keep[K4..64 * K4]);
     assert_eq!(&b[64 * K4..128 * K4], &big[..]);
     assert_eq!(&b[128 * K4..], &keep[128 * K4..]);
+    // A held stream's pieces find no space: overwrites fall back to the
+    // journal whole, and writes to unmapped blocks fail, leaking nothing.
+    let free_before = store.capacity().1;
+    let pieces_before = store.stats().stream_pieces;
+    let stream = pattern(6, 32 * K4);
+    let results = concurrent_stream(&runtime, &store, 2, 128, &stream);
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    let mut b = vec![0u8; stream.len()];
+    store.read(2, 128 * K4 as u64, &mut b).unwrap();
+    assert_eq!(b, stream);
+    let results = concurrent_stream(&runtime, &store, 1, 15 << 10, &stream);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(StoreError::NoSpace { extent: 1, .. }))),
+        "{results:?}"
+    );
+    assert!(
+        store.stats().stream_pieces > pieces_before,
+        "the streams must have been held and cut into pieces"
+    );
+    assert_eq!(store.capacity().1, free_before, "blocks leaked");
     let e = store.write(1, written, &chunk).unwrap_err();
     assert!(matches!(e, StoreError::NoSpace { .. }), "{e:?}");
     let mut b = vec![0u8; written as usize];
@@ -191,6 +215,36 @@ fn full_device_fails_with_no_space_and_keeps_data() {
     assert_eq!(b, chunk);
     store.close().unwrap();
     malloc::remove("faults-nospace");
+}
+
+/// Writes `data` at block `lblock` of extent `id` as eight concurrent
+/// adjacent writes (a sequential stream, held and merged); each write's
+/// outcome, in order.
+fn concurrent_stream(
+    runtime: &Runtime,
+    store: &Arc<ChunkStore>,
+    id: u64,
+    lblock: u64,
+    data: &[u8],
+) -> Vec<Result<(), StoreError>> {
+    let part = data.len() / 8;
+    let jobs: Vec<(u64, Vec<u8>)> = data
+        .chunks(part)
+        .enumerate()
+        .map(|(i, c)| ((lblock * K4 as u64) + (i * part) as u64, c.to_vec()))
+        .collect();
+    let s = store.clone();
+    runtime.block_on(move || {
+        let h = ferrite_engine::rt::current_handle().unwrap();
+        let js: Vec<_> = jobs
+            .into_iter()
+            .map(|(at, c)| {
+                let s = s.clone();
+                h.spawn_on(0, move || s.write(id, at, &c))
+            })
+            .collect();
+        js.into_iter().map(|j| j.join().unwrap()).collect()
+    })
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! compared after every read and listing, with clean reopens (close) and
 //! crash reopens (dropped without close, runtime stopped) in between.
 //! Bursts of concurrent adjacent writes exercise group commit and stream
-//! merging. A small journal makes checkpoints and journal wrap frequent.
+//! merging (in pieces sent while a stream fills). A small journal makes
+//! checkpoints and journal wrap frequent.
 
 use ferrite_engine::bdev::{malloc, Backend};
 use ferrite_engine::rt::{self, Config, Runtime};
@@ -71,6 +72,9 @@ fn opts(backend: Backend, placement: Placement) -> StoreOptions {
         // Small: logged small writes put no data in the journal, so the
         // quarantine is what makes them checkpoint often.
         quarantine_max: 512 << 10,
+        // Two blocks: the bursts' held streams (8 writes of 1-3 blocks) go
+        // to the device in pieces while they fill.
+        stream_piece: 2 * K4,
         ..Default::default()
     }
 }
@@ -119,6 +123,7 @@ fn check_all(store: &ChunkStore, m: &Model) {
 struct Totals {
     ckpts: u64,
     held: u64,
+    pieces: u64,
     moved: u64,
     cleaned: u64,
     logged: u64,
@@ -129,6 +134,7 @@ impl Totals {
         let s = store.stats();
         self.ckpts += s.checkpoints;
         self.held += s.held_writes;
+        self.pieces += s.stream_pieces;
         self.moved += s.relocated_blocks;
         self.cleaned += s.cleaned_blocks;
         self.logged += s.logged_blocks;
@@ -287,6 +293,7 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, plac
     let Totals {
         ckpts,
         held,
+        pieces,
         moved,
         cleaned,
         logged,
@@ -312,9 +319,13 @@ fn run_model(backend: Backend, devs: Vec<PathBuf>, seed: u64, steps: usize, plac
         held > 0,
         "concurrent adjacent writes must have been held and merged"
     );
+    assert!(
+        pieces > 0,
+        "held streams must have gone to the device in pieces"
+    );
     assert!(ckpts > 0, "the small journal must have forced checkpoints");
     eprintln!(
-        "model ({backend:?}, seed {seed}): {steps} steps, {reopens} reopens, {crashes} crash reopens, {ckpts} checkpoints while running, {held} writes held and merged, {moved} blocks relocated home, {cleaned} moved by the cleaner, {logged} logged ({placement:?})"
+        "model ({backend:?}, seed {seed}): {steps} steps, {reopens} reopens, {crashes} crash reopens, {ckpts} checkpoints while running, {held} writes held and merged ({pieces} pieces sent early), {moved} blocks relocated home, {cleaned} moved by the cleaner, {logged} logged ({placement:?})"
     );
     store.close().unwrap();
 }
