@@ -529,6 +529,12 @@ fn store_run(
             "FERRITE_BENCH_DIRECT_KB",
             StoreOptions::default().direct_write_min >> 10,
         ) << 10,
+        // FERRITE_BENCH_PIECE_KB=0: a held stream goes to the device only
+        // once it is complete.
+        stream_piece: env_u64(
+            "FERRITE_BENCH_PIECE_KB",
+            StoreOptions::default().stream_piece >> 10,
+        ) << 10,
         ..Default::default()
     };
     ChunkStore::format(&[file.to_path_buf()], &opts).expect("format");
