@@ -497,8 +497,9 @@ impl Ring {
 
     /// Hands the queued requests to the kernel now if there are
     /// `SUBMIT_BATCH` of them or `SUBMIT_BYTES`; otherwise the poller does
-    /// at the end of the round. Called after a caller's whole group is queued, so that one
-    /// caller's requests (a fragmented read) still go out together.
+    /// at the end of the round. Called after a caller's whole group is
+    /// queued, so that one caller's requests (a fragmented read) still go
+    /// out together.
     fn submit_if_batched(&self) {
         if self.unsubmitted.get() < SUBMIT_BATCH && self.unsubmitted_bytes.get() < SUBMIT_BYTES {
             return;

@@ -78,8 +78,9 @@ pub(crate) struct Shared {
     pub checkpoints: AtomicU64,
     /// Writes held in a stream buffer, and the merged writes they became.
     pub held_writes: AtomicU64,
-    pub stream_pieces: AtomicU64,
     pub merged_writes: AtomicU64,
+    /// Pieces of held streams sent to the device while their stream filled.
+    pub stream_pieces: AtomicU64,
     /// Journaled blocks whose home write went to new, contiguous blocks.
     pub relocated_blocks: AtomicU64,
     /// Blocks the cleaner moved.
@@ -306,31 +307,9 @@ impl Shared {
 }
 
 /// A leading piece of a held stream, written to newly allocated blocks
-/// while the stream still fills: the blocks it went to, once written.
-#[derive(Default)]
-pub(crate) struct Piece {
-    ev: Event,
-    res: Mutex<Option<PieceResult>>,
-}
-
-/// A piece's blocks, as runs `(first block, count)` in data order.
-type PieceResult = Result<Vec<(Pba, u64)>, StoreError>;
-
-impl Piece {
-    fn complete(&self, r: PieceResult) {
-        *self.res.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-        self.ev.set();
-    }
-
-    fn wait(&self) -> PieceResult {
-        self.ev.wait();
-        self.res
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or(Err(StoreError::Closed))
-    }
-}
+/// while the stream still fills: the runs `(first block, count)` it went
+/// to, in data order, once written.
+pub(crate) type Piece = Outcome<Vec<(Pba, u64)>>;
 
 /// Runs in order, neighbours on the device joined.
 fn merge_runs(runs: Vec<(Pba, u64)>) -> Vec<(Pba, u64)> {
@@ -345,23 +324,26 @@ fn merge_runs(runs: Vec<(Pba, u64)>) -> Vec<(Pba, u64)> {
 }
 
 /// The outcome of an operation, for whoever waits on it.
-pub(crate) struct Completion {
+pub(crate) type Completion = Outcome<()>;
+
+/// A result that one side sets and others wait for.
+pub(crate) struct Outcome<T> {
     ev: Event,
-    res: Mutex<Option<Result<(), StoreError>>>,
+    res: Mutex<Option<Result<T, StoreError>>>,
 }
 
-impl Completion {
+impl<T: Clone> Outcome<T> {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             ev: Event::new(),
             res: Mutex::new(None),
         })
     }
-    pub(crate) fn complete(&self, r: Result<(), StoreError>) {
+    pub(crate) fn complete(&self, r: Result<T, StoreError>) {
         *self.res.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
         self.ev.set();
     }
-    pub(crate) fn wait(&self) -> Result<(), StoreError> {
+    pub(crate) fn wait(&self) -> Result<T, StoreError> {
         self.ev.wait();
         self.res
             .lock()
@@ -998,7 +980,7 @@ impl Worker {
                 // A full piece goes to the device now, while the writers
                 // behind this one are still copying their data in.
                 if piece_blocks > 0 && s.bufs.len() - s.sent >= piece_blocks {
-                    let pc = Arc::new(Piece::default());
+                    let pc = Piece::new();
                     let end = s.sent + piece_blocks;
                     piece = Some((pc.clone(), s.bufs[s.sent..end].to_vec()));
                     s.pieces.push(pc);
@@ -1008,10 +990,6 @@ impl Worker {
             };
             (old, full, arm, piece)
         };
-        if let Some((pc, bufs)) = piece {
-            self.sh.stream_pieces.fetch_add(1, Ordering::Relaxed);
-            self.write_piece(id, &pc, &bufs);
-        }
         if let Some(old) = flush_old {
             let w = self.clone();
             drop(rt::spawn(move || w.flush_stream(id, old)));
@@ -1035,6 +1013,10 @@ impl Worker {
                 }
             }));
         }
+        if let Some((pc, bufs)) = piece {
+            self.sh.stream_pieces.fetch_add(1, Ordering::Relaxed);
+            self.write_piece(id, &pc, &bufs);
+        }
         if let Some(full) = flush_full {
             self.flush_stream(id, full);
         }
@@ -1054,7 +1036,7 @@ impl Worker {
             return;
         }
         if s.sent < s.bufs.len() {
-            let pc = Arc::new(Piece::default());
+            let pc = Piece::new();
             self.write_piece(id, &pc, &s.bufs[s.sent..]);
             s.pieces.push(pc);
         }
