@@ -335,7 +335,7 @@ fn main() {
             }
         }
         notes.push(format!(
-            "run {run} store totals: {} held writes merged into {} device writes, {} batches, {} flushes, {} checkpoints, journal {} MiB, home {} MiB ({} MiB relocated), direct {} MiB, checkpoints {} MiB, checksum errors {}",
+            "run {run} store totals: {} held writes merged into {} streams, {} batches, {} flushes, {} checkpoints, journal {} MiB, home {} MiB ({} MiB relocated), direct {} MiB, checkpoints {} MiB, checksum errors {}",
             stats.held_writes,
             stats.merged_writes,
             stats.batches,

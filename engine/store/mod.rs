@@ -15,7 +15,8 @@
 //! - Large writes (≥ [`StoreOptions::direct_write_min`]) and sequential
 //!   streams: data straight to newly allocated blocks, only the mapping
 //!   journaled. A recognised stream's small writes are held while others
-//!   are in flight, and merged into one device request (see [`pattern`]).
+//!   are in flight, merged, written in 1 MiB pieces as the stream fills,
+//!   and mapped with one record (see [`pattern`]).
 //! - A write returns once it is durable; reads check every block's crc32c
 //!   and never return data that fails it ([`StoreError::Checksum`]).
 //!
@@ -171,8 +172,8 @@ pub struct StoreStats {
     pub checksum_errors: u64,
     pub batches: u64,
     pub checkpoints: u64,
-    /// Sequential-stream writes that were held and merged, and the device
-    /// writes they were merged into.
+    /// Sequential-stream writes that were held and merged, and the streams
+    /// they were merged into (each mapped with one record).
     pub held_writes: u64,
     pub merged_writes: u64,
     /// Pieces of held streams written while the streams still filled

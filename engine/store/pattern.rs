@@ -6,10 +6,11 @@
 //! sequential stream. While other writes to the extent are in flight, a
 //! stream's small writes are *held* in a [`Stream`] (their data, crcs and
 //! their callers' completions) until it reaches the merge size or a short
-//! timer fires, then written as one device request to newly allocated
-//! blocks with one mapping record. A held write is acknowledged only when
-//! that merged write and its record are durable: holding delays the ack,
-//! it never acknowledges early.
+//! timer fires, then mapped with one record. Its data goes to newly
+//! allocated blocks in pieces (`StoreOptions::stream_piece`) while it
+//! fills, and the rest when it is complete. A held write is acknowledged
+//! only when every piece and the record are durable: holding delays the
+//! ack, it never acknowledges early.
 
 use super::worker::{Completion, Piece};
 use crate::bdev::DmaBuf;

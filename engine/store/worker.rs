@@ -76,7 +76,7 @@ pub(crate) struct Shared {
     pub checksum_errors: AtomicU64,
     pub batches: AtomicU64,
     pub checkpoints: AtomicU64,
-    /// Writes held in a stream buffer, and the merged writes they became.
+    /// Writes held in a stream buffer, and the streams they became.
     pub held_writes: AtomicU64,
     pub merged_writes: AtomicU64,
     /// Pieces of held streams sent to the device while their stream filled.

@@ -14,10 +14,10 @@
 //! writes and unmaps (direct), and sequential streams issued four at a time
 //! (held and merged, sent to the device in pieces while they fill). The
 //! journal is small, so checkpoints and journal wrap happen many times per
-//! cycle. The cycles take turns between three
-//! placements of small writes: journaled and written home in place,
-//! journaled and relocated home (`relocate_home`), and written once to new
-//! blocks with the batch that maps them (`log_small_writes`, the default).
+//! cycle. The cycles take turns between three placements of small writes:
+//! journaled and written home in place, journaled and relocated home
+//! (`relocate_home`), and written once to new blocks with the batch that
+//! maps them (`log_small_writes`, the default).
 //!
 //! `CYCLES=N` sets the number of kill cycles (default 20).
 
