@@ -44,13 +44,18 @@ pub fn size_bound(extents: &HashMap<u64, Extent>) -> u64 {
 }
 
 /// The slot image (whole blocks): header block + payload.
+///
+/// One pass over the maps, straight into the image: the committer encodes
+/// while it holds its worker's state, so this is on the write path.
 pub fn encode(
     id: JournalId,
     seq: u64,
     journal_lpos: u64,
     extents: &HashMap<u64, Extent>,
 ) -> Vec<u8> {
-    let mut p = Enc::with_capacity(64 + extents.len() * 64);
+    let bs = BLOCK_SIZE as usize;
+    let mut p = Enc::with_capacity(bs + size_bound(extents) as usize);
+    p.buf.resize(bs, 0);
     p.u64(extents.len() as u64);
     let mut ids: Vec<&u64> = extents.keys().collect();
     ids.sort();
@@ -59,39 +64,53 @@ pub fn encode(
         p.u64(*id);
         p.u64(x.size);
         p.u64(x.generation);
-        let mut runs: Vec<(u64, Vec<Entry>)> = Vec::new();
+        let runs_at = p.len();
+        p.u32(0);
+        let mut runs = 0u32;
+        // The open run: where its count goes, its next block, its length.
+        let mut run: Option<(usize, u64, u32)> = None;
         for (l, e) in x.iter_mapped() {
-            match runs.last_mut() {
-                Some((start, v)) if *start + v.len() as u64 == l => v.push(e),
-                _ => runs.push((l, vec![e])),
+            match &mut run {
+                Some((_, next, n)) if *next == l => {
+                    *next += 1;
+                    *n += 1;
+                }
+                _ => {
+                    if let Some((at, _, n)) = run {
+                        p.patch_u32(at, n);
+                    }
+                    p.u64(l);
+                    run = Some((p.len(), l + 1, 1));
+                    p.u32(0);
+                    runs += 1;
+                }
             }
+            p.u64(e.pba.0);
+            p.u32(e.crc);
         }
-        p.u32(runs.len() as u32);
-        for (start, v) in runs {
-            p.u64(start);
-            p.u32(v.len() as u32);
-            for e in v {
-                p.u64(e.pba.0);
-                p.u32(e.crc);
-            }
+        if let Some((at, _, n)) = run {
+            p.patch_u32(at, n);
         }
+        p.patch_u32(runs_at, runs);
     }
-    let mut h = Enc::with_capacity(BLOCK_SIZE as usize + p.len());
+    let payload_len = p.len() - bs;
+    let payload_crc = crc32c::crc32c(&p.buf[bs..]);
+    let mut h = Enc::with_capacity(64);
     h.u64(CMAGIC);
     h.u32(super::superblock::FORMAT_VERSION);
     h.u32(id.worker);
     h.u128(id.uuid);
     h.u64(seq);
     h.u64(journal_lpos);
-    h.u64(p.len() as u64);
-    h.u32(crc32c::crc32c(&p.buf));
+    h.u64(payload_len as u64);
+    h.u32(payload_crc);
     let crc = crc32c::crc32c(&h.buf);
     h.u32(crc);
-    h.buf.resize(BLOCK_SIZE as usize, 0);
-    h.buf.extend_from_slice(&p.buf);
-    let total = h.buf.len().div_ceil(BLOCK_SIZE as usize) * BLOCK_SIZE as usize;
-    h.buf.resize(total, 0);
-    h.buf
+    let mut img = p.buf;
+    img[..h.len()].copy_from_slice(&h.buf);
+    let total = img.len().div_ceil(bs) * bs;
+    img.resize(total, 0);
+    img
 }
 
 /// Parses a slot's header block.

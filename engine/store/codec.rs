@@ -29,6 +29,10 @@ impl Enc {
     pub(crate) fn len(&self) -> usize {
         self.buf.len()
     }
+    /// Overwrites the `u32` at byte `at` (a count known only afterwards).
+    pub(crate) fn patch_u32(&mut self, at: usize, v: u32) {
+        self.buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
 }
 
 /// Reads fields from a byte slice.
