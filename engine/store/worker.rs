@@ -231,23 +231,14 @@ impl Shared {
     }
 
     /// Writes `bufs`, in order, into the blocks of `runs` (one request per
-    /// run, split at `REQUEST_BLOCKS`); frees the runs if a write fails.
+    /// run of neighbouring blocks, split at `REQUEST_BLOCKS`); frees the
+    /// runs if a write fails.
     fn write_runs(&self, runs: &[(Pba, u64)], bufs: &[Arc<DmaBuf>]) -> Result<(), StoreError> {
-        let mut per_dev: Vec<Vec<IoOp>> = (0..self.devices.len()).map(|_| Vec::new()).collect();
-        let mut i = 0usize;
-        for &(p, cnt) in runs {
-            let mut k = 0u64;
-            for part in bufs[i..i + cnt as usize].chunks(REQUEST_BLOCKS) {
-                per_dev[p.device()].push(IoOp::Writev {
-                    fua: false,
-                    offset: p.plus(k).block() * BS,
-                    bufs: part.to_vec(),
-                });
-                k += part.len() as u64;
-            }
-            i += cnt as usize;
-        }
-        for (d, ops) in per_dev.into_iter().enumerate() {
+        let blocks = runs
+            .iter()
+            .flat_map(|&(p, n)| (0..n).map(move |k| p.plus(k)))
+            .zip(bufs);
+        for (d, ops) in self.block_writes(blocks).into_iter().enumerate() {
             if ops.is_empty() {
                 continue;
             }
